@@ -1,0 +1,106 @@
+//! natter binaries (edge, archiver, filestore) run as real processes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::proc::Proc;
+use crate::{eventually, free_port, http, WAIT};
+
+/// Path of a workspace binary next to the running test executable
+/// (`target/<profile>/<name>`); `just test` builds every binary first.
+pub fn bin_path(name: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(format!("NATTER_BIN_{}", name.replace('-', "_").to_uppercase())) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let p = dir.join(name);
+    assert!(p.exists(), "{} not built: run `cargo build --bins` (just test does)", p.display());
+    p
+}
+
+/// A running natter service with an HTTP port (`/healthz`, `/readyz`, `/metrics`).
+pub struct Service {
+    pub addr: SocketAddr,
+    proc: Proc,
+    _dir: TempDir,
+}
+
+impl Service {
+    /// Start `binary` with `args`; `--listen 127.0.0.1:<free port>` is added. Waits until
+    /// `/readyz` answers 200.
+    pub async fn start(binary: &str, args: &[String], envs: &[(String, String)]) -> Service {
+        let port = free_port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("natter-{binary}-"))
+            .tempdir()
+            .expect("temp dir");
+        let mut all_args = vec!["--listen".to_string(), addr.to_string()];
+        all_args.extend_from_slice(args);
+        let mut all_envs = vec![("RUST_LOG".to_string(), "info,natter=debug".to_string())];
+        all_envs.extend_from_slice(envs);
+        let proc = Proc::spawn(
+            &format!("{binary}-{port}"),
+            &bin_path(binary),
+            &all_args,
+            &all_envs,
+            &dir.path().join("service.log"),
+        )
+        .expect("spawn service");
+        let s = Service { addr, proc, _dir: dir };
+        s.wait_ready(WAIT).await;
+        s
+    }
+
+    /// Wait until `/readyz` answers 200; panics with the log otherwise.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let addr = self.addr;
+        let ok = eventually(timeout, || async move {
+            matches!(http::get(addr, "/readyz", &[]).await, Ok(r) if r.status == 200)
+        })
+        .await;
+        assert!(ok, "{} not ready within {timeout:?}:\n{}", self.proc.name(), self.proc.log());
+    }
+
+    /// `ws://127.0.0.1:<port>/chat`
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/chat", self.addr)
+    }
+
+    pub fn proc(&mut self) -> &mut Proc {
+        &mut self.proc
+    }
+
+    pub fn log(&self) -> String {
+        self.proc.log()
+    }
+
+    /// The status of `GET path`, or `None` when nothing answers.
+    pub async fn status(&self, path: &str) -> Option<u16> {
+        http::get(self.addr, path, &[]).await.ok().map(|r| r.status)
+    }
+
+    /// A metric's value from `/metrics` (first sample whose line starts with `name`).
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let r = http::get(self.addr, "/metrics", &[]).await.ok()?;
+        r.text().lines().find_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            (k == name).then(|| v.parse().ok()).flatten()
+        })
+    }
+
+    /// Restart the same command line and wait until ready.
+    pub async fn restart(&mut self) {
+        self.proc.restart().expect("restart service");
+        self.wait_ready(WAIT).await;
+    }
+}

@@ -1,0 +1,1 @@
+//! natter archiver (being written).

@@ -1,0 +1,1 @@
+//! natter filestore (being written).

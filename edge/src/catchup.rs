@@ -1,0 +1,304 @@
+//! History and catch-up: what a member gets on join, on resume after `lastMessageId`, and
+//! on `getHistory`, read from the stream and — for ranges the stream no longer holds — from
+//! the archiver's history service.
+//!
+//! The stream is asked first (it is the log). The archive is asked only when the stream may
+//! have dropped part of the range (its first sequence is past the range, or the room hit the
+//! per-room message limit), so a healthy stream costs no archive round trip. If the archive
+//! is needed and cannot answer, the client is told with `historyTruncated` instead of being
+//! handed a silent gap.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use natter_nats::history::{HistoryReply, HistoryRequest, MAX_PAGE};
+use natter_nats::{subjects, StoredMessage};
+use natter_protocol::frame;
+use serde_json::{json, Value};
+use thiserror::Error;
+use tracing::{debug, warn};
+
+use crate::node::Node;
+use crate::outbox::Outbox;
+use crate::rooms::Room;
+
+#[derive(Debug, Error)]
+pub enum CatchupError {
+    #[error("reading the stream failed: {0}")]
+    Stream(String),
+    #[error("the socket closed during replay")]
+    SocketGone,
+}
+
+/// Messages ready to send: `(seq, delivered frame)`, ascending.
+type Frames = Vec<(u64, Bytes)>;
+
+fn delivered(m: &StoredMessage) -> Option<(u64, Bytes)> {
+    frame::with_message_id(&m.payload, m.seq).map(|f| (m.seq, f))
+}
+
+/// Whether the stream may no longer hold messages of `subject` with sequence > `after`.
+async fn stream_may_have_dropped(node: &Node, subject: &str, after: u64) -> bool {
+    let req = json!({"subjects_filter": subject});
+    let info: Result<Value, _> = node
+        .js
+        .request(format!("STREAM.INFO.{}", subjects::STREAM), &req)
+        .await;
+    match info {
+        Ok(v) => {
+            let first = v["state"]["first_seq"].as_u64().unwrap_or(0);
+            let per_subject = v["config"]["max_msgs_per_subject"].as_i64().unwrap_or(-1);
+            let count = v["state"]["subjects"][subject].as_i64().unwrap_or(0);
+            first > after.saturating_add(1) || (per_subject > 0 && count >= per_subject)
+        }
+        Err(e) => {
+            warn!(error = %e, "stream info failed; assuming the archive is needed");
+            true
+        }
+    }
+}
+
+/// Ask the archiver for up to `want` of the newest messages with `after < _id < before`,
+/// paging backwards. Returns them ascending, and whether older ones (still `> after`) remain.
+async fn archive_before(node: &Node, room: &Room, after: u64, before: u64, want: usize) -> Result<(Frames, bool), String> {
+    let mut out: VecDeque<(u64, Bytes)> = VecDeque::new();
+    let mut before = before;
+    let mut more = false;
+    // Bounded: every page moves `before` down or ends the loop.
+    for _ in 0..(want / MAX_PAGE as usize + 2) {
+        let need = want.saturating_sub(out.len());
+        if need == 0 || before <= after + 1 {
+            break;
+        }
+        let req = HistoryRequest {
+            after: (after > 0).then_some(after),
+            before: Some(before),
+            limit: need.min(MAX_PAGE as usize) as u32,
+        };
+        let reply = archive_request(node, room, &req).await?;
+        let page_more = reply.more;
+        let Some(oldest) = reply.messages.first().map(|m| m.seq) else {
+            more = false;
+            break;
+        };
+        for item in reply.messages.into_iter().rev() {
+            if item.seq <= after || item.seq >= before {
+                continue;
+            }
+            if let Some(f) = frame::with_message_id(item.msg.get().as_bytes(), item.seq) {
+                out.push_front((item.seq, f));
+            }
+        }
+        more = page_more && oldest > after + 1;
+        if !more {
+            break;
+        }
+        before = oldest;
+    }
+    Ok((out.into(), more))
+}
+
+async fn archive_request(node: &Node, room: &Room, req: &HistoryRequest) -> Result<HistoryReply, String> {
+    Metrics::inc(&node.metrics.archive_requests);
+    let body = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+    let res = tokio::time::timeout(
+        node.config.nats_timeout(),
+        node.nats.request(subjects::history(&room.token), body.into()),
+    )
+    .await;
+    let reply = match res {
+        Err(_) => Err("archive request timed out".to_string()),
+        Ok(Err(e)) => Err(format!("archive request failed: {e}")),
+        Ok(Ok(msg)) => serde_json::from_slice::<HistoryReply>(&msg.payload).map_err(|e| format!("bad archive reply: {e}")),
+    };
+    match reply {
+        Ok(r) if r.error.is_none() => Ok(r),
+        Ok(r) => {
+            Metrics::inc(&node.metrics.archive_errors);
+            Err(r.error.unwrap_or_default())
+        }
+        Err(e) => {
+            Metrics::inc(&node.metrics.archive_errors);
+            Err(e)
+        }
+    }
+}
+
+use crate::metrics::Metrics;
+
+/// What a replay sent.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    pub messages: usize,
+    pub truncated_from: Option<u64>,
+}
+
+/// Send a joining member its history up to `seam`: the newest `max_messages_history` when
+/// `after` is `None`, else everything with `_id > after` (at most `max_catchup`, the newest,
+/// with `historyTruncated` first when more existed).
+pub async fn replay(node: &Node, outbox: &Outbox, room: &Room, after: Option<u64>, seam: u64) -> Result<Replayed, CatchupError> {
+    let t0 = Instant::now();
+    let (frames, truncated) = match after {
+        None => newest(node, room, node.config.max_messages_history, seam).await?,
+        Some(after) => since(node, room, after, seam).await?,
+    };
+    let mut out = Replayed {
+        messages: frames.len(),
+        truncated_from: None,
+    };
+    if truncated {
+        let from = frames.first().map(|(s, _)| *s).unwrap_or(seam.saturating_add(1));
+        out.truncated_from = Some(from);
+        Metrics::inc(&node.metrics.history_truncated);
+        let note = frame::notification("historyTruncated", json!({"roomName": room.name, "fromId": from.to_string()}));
+        if !outbox.send(note).await {
+            return Err(CatchupError::SocketGone);
+        }
+    }
+    for (_, f) in frames {
+        if !outbox.send(f).await {
+            return Err(CatchupError::SocketGone);
+        }
+    }
+    Metrics::inc(&node.metrics.catchups);
+    node.metrics.catchup_messages.fetch_add(out.messages as u64, Relaxed);
+    node.metrics.frames_out.fetch_add(out.messages as u64, Relaxed);
+    node.metrics.catchup_latency.observe(t0.elapsed());
+    debug!(messages = out.messages, truncated = ?out.truncated_from, "replayed");
+    Ok(out)
+}
+
+/// The newest `n` messages with `_id <= up_to`; the flag says older ones exist (for a join:
+/// whether the archive was needed but unavailable, which is reported as truncation).
+async fn newest(node: &Node, room: &Room, n: usize, up_to: u64) -> Result<(Frames, bool), CatchupError> {
+    let (msgs, _more) = page_back(node, room, n, up_to).await?;
+    Ok((msgs.frames, msgs.archive_failed))
+}
+
+struct Page {
+    frames: Frames,
+    more: bool,
+    archive_failed: bool,
+}
+
+/// The newest `n` messages with `_id <= up_to`, from the stream and, below what it holds,
+/// the archive. Returns `(page, more-older-exist)`.
+async fn page_back(node: &Node, room: &Room, n: usize, up_to: u64) -> Result<(Page, bool), CatchupError> {
+    let (msgs, stream_more) = node
+        .reader
+        .tail(&room.subject, n, up_to)
+        .await
+        .map_err(|e| CatchupError::Stream(e.to_string()))?;
+    let mut frames: Frames = msgs.iter().filter_map(delivered).collect();
+    let mut page = Page {
+        frames: Vec::new(),
+        more: stream_more,
+        archive_failed: false,
+    };
+    if !stream_more && up_to > 0 && stream_may_have_dropped(node, &room.subject, 0).await {
+        let before = frames.first().map(|(s, _)| *s).unwrap_or(up_to.saturating_add(1));
+        let want = n - frames.len();
+        match archive_before(node, room, 0, before, want.max(1)).await {
+            Ok((older, more)) => {
+                let take = older.len().min(want);
+                let skip = older.len() - take;
+                page.more = more || skip > 0;
+                let mut all: Frames = older.into_iter().skip(skip).collect();
+                all.append(&mut frames);
+                frames = all;
+            }
+            Err(e) => {
+                warn!(error = %e, "archive unavailable for older history");
+                page.archive_failed = true;
+            }
+        }
+    }
+    page.frames = frames;
+    let more = page.more;
+    Ok((page, more))
+}
+
+/// Everything with `after < _id <= up_to`, at most `max_catchup` (the newest); the flag says
+/// some were left out.
+async fn since(node: &Node, room: &Room, after: u64, up_to: u64) -> Result<(Frames, bool), CatchupError> {
+    let max = node.config.max_catchup.max(1);
+    if after >= up_to {
+        return Ok((Vec::new(), false));
+    }
+    let mut ring: VecDeque<(u64, Bytes)> = VecDeque::new();
+    let mut truncated = false;
+    let mut first_in_stream = None;
+    node.reader
+        .scan(&room.subject, after + 1, Some(up_to), |m| {
+            first_in_stream.get_or_insert(m.seq);
+            if let Some(f) = delivered(&m) {
+                if ring.len() == max {
+                    ring.pop_front();
+                    truncated = true;
+                }
+                ring.push_back(f);
+            }
+            true
+        })
+        .await
+        .map_err(|e| CatchupError::Stream(e.to_string()))?;
+    let stream_from = first_in_stream.unwrap_or(up_to + 1);
+    if !truncated && stream_from > after + 1 && stream_may_have_dropped(node, &room.subject, after).await {
+        let want = max - ring.len();
+        match archive_before(node, room, after, stream_from, want).await {
+            Ok((older, more)) => {
+                truncated = more;
+                for f in older.into_iter().rev() {
+                    ring.push_front(f);
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, after, stream_from, "archive unavailable for catch-up; reporting truncation");
+                truncated = true;
+            }
+        }
+    }
+    Ok((ring.into(), truncated))
+}
+
+/// `getHistory`: a page of up to `limit` messages before `before` (or the newest), as the
+/// bytes of a JSON-RPC result `{messages:[...], more}`.
+pub async fn history_page(node: &Node, room: &Room, id: Option<&Value>, before: Option<u64>, limit: usize) -> Result<Bytes, CatchupError> {
+    let up_to = match before {
+        Some(0) => 0,
+        Some(b) => b - 1,
+        None => room.last_seq(),
+    };
+    let (page, more) = if up_to == 0 {
+        (
+            Page {
+                frames: Vec::new(),
+                more: false,
+                archive_failed: false,
+            },
+            false,
+        )
+    } else {
+        page_back(node, room, limit, up_to).await?
+    };
+    if page.archive_failed {
+        warn!("getHistory served without the archive");
+    }
+    // {"jsonrpc":"2.0","result":{"messages":[...],"more":b},"id":ID} without re-encoding frames.
+    let mut out = BytesMut::with_capacity(64 + page.frames.iter().map(|(_, f)| f.len() + 1).sum::<usize>());
+    out.put_slice(b"{\"jsonrpc\":\"2.0\",\"result\":{\"messages\":[");
+    for (i, (_, f)) in page.frames.iter().enumerate() {
+        if i > 0 {
+            out.put_u8(b',');
+        }
+        out.put_slice(f);
+    }
+    out.put_slice(b"],\"more\":");
+    out.put_slice(if more || page.archive_failed { b"true" } else { b"false" });
+    out.put_slice(b"},\"id\":");
+    out.put_slice(serde_json::to_string(&id).unwrap_or_else(|_| "null".into()).as_bytes());
+    out.put_u8(b'}');
+    Ok(out.freeze())
+}

@@ -1,0 +1,119 @@
+//! Edge configuration: every setting is a flag with an environment variable twin.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use natter_nats::StreamArgs;
+
+/// natter edge: chat WebSockets in, JetStream out and back.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "natter-edge", version, about)]
+pub struct Config {
+    /// Address for WebSockets (/chat) and operations (/healthz, /readyz, /metrics).
+    #[arg(long, env = "NATTER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// Name of this edge instance (sent to clients in `welcome.node`); defaults to the
+    /// host name (the pod name in Kubernetes).
+    #[arg(long, env = "NATTER_NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// Largest WebSocket message accepted, in bytes; larger ones close the socket with 1009.
+    #[arg(long, env = "NATTER_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Longest `text` of a textMessage, in bytes (error -32006 beyond).
+    #[arg(long, env = "NATTER_MAX_TEXT_BYTES", default_value_t = 8 * 1024)]
+    pub max_text_bytes: usize,
+
+    /// Rooms one socket may be joined to at once.
+    #[arg(long, env = "NATTER_MAX_ROOMS_PER_SOCKET", default_value_t = 16)]
+    pub max_rooms_per_socket: usize,
+
+    /// Open WebSockets accepted by this edge; further upgrades get 503.
+    #[arg(long, env = "NATTER_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Frames queued to one socket before it counts as too slow and is disconnected with a
+    /// reconnect hint.
+    #[arg(long, env = "NATTER_OUTBOUND_QUEUE", default_value_t = 1024)]
+    pub outbound_queue: usize,
+
+    /// Requests per second one socket may send (token bucket refill rate).
+    #[arg(long, env = "NATTER_RATE_PER_SEC", default_value_t = 50.0)]
+    pub rate_per_sec: f64,
+
+    /// Burst of requests one socket may send above the rate.
+    #[arg(long, env = "NATTER_RATE_BURST", default_value_t = 100.0)]
+    pub rate_burst: f64,
+
+    /// Messages sent on join when no `lastMessageId` is given.
+    #[arg(long, env = "NATTER_MAX_MESSAGES_HISTORY", default_value_t = 100)]
+    pub max_messages_history: usize,
+
+    /// Most messages replayed on one resume; beyond it the newest are sent with a
+    /// `historyTruncated` notification.
+    #[arg(long, env = "NATTER_MAX_CATCHUP", default_value_t = 10_000)]
+    pub max_catchup: usize,
+
+    /// Default page of `getHistory` when the client gives no limit.
+    #[arg(long, env = "NATTER_HISTORY_PAGE", default_value_t = 50)]
+    pub history_page: u32,
+
+    /// Seconds a draining edge waits for its clients to move before it exits. Keep it
+    /// below the pod's terminationGracePeriodSeconds.
+    #[arg(long, env = "NATTER_DRAIN_TIMEOUT_SECS", default_value_t = 20)]
+    pub drain_timeout_secs: u64,
+
+    /// Seconds between WebSocket pings to each client.
+    #[arg(long, env = "NATTER_PING_INTERVAL_SECS", default_value_t = 25)]
+    pub ping_interval_secs: u64,
+
+    /// Seconds without any frame from a client before its socket is closed.
+    #[arg(long, env = "NATTER_IDLE_TIMEOUT_SECS", default_value_t = 90)]
+    pub idle_timeout_secs: u64,
+
+    /// Seconds between a room's check that its tail matches the stream (repairs a message
+    /// lost on the live subject when no later one reveals the gap).
+    #[arg(long, env = "NATTER_TAIL_CHECK_SECS", default_value_t = 5)]
+    pub tail_check_secs: u64,
+
+    /// Timeout of one request to NATS (direct get, history, KV), in milliseconds.
+    #[arg(long, env = "NATTER_NATS_TIMEOUT_MS", default_value_t = 5000)]
+    pub nats_timeout_ms: u64,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "NATTER_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+
+    #[command(flatten)]
+    pub stream: StreamArgs,
+}
+
+impl Config {
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_secs)
+    }
+
+    pub fn nats_timeout(&self) -> Duration {
+        Duration::from_millis(self.nats_timeout_ms.max(1))
+    }
+
+    /// The node name: the flag, else the host name, else `edge`.
+    pub fn node(&self) -> String {
+        if let Some(n) = &self.node_name {
+            return n.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .map(|h| format!("{h}-{}", std::process::id()))
+            .unwrap_or_else(|| format!("edge-{}", std::process::id()))
+    }
+}

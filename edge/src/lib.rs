@@ -1,0 +1,71 @@
+//! natter edge: terminates chat WebSockets and connects them to rooms through NATS.
+//!
+//! - [`server`]: `/chat`, health and metrics routes, and the SIGTERM drain.
+//! - [`session`]: one socket's state machine (reader task + writer task fed by a bounded
+//!   queue) speaking protocol v1 (`natter_protocol`).
+//! - [`rooms`]: one live subscription per room with local members, fanout of each message
+//!   encoded once, gap detection and repair, the seam between history and live.
+//! - [`catchup`]: history on join, resume after `lastMessageId`, `getHistory`.
+//! - [`presence`]: user names per room in the `presence` KV bucket.
+//! - [`outbox`]: the handle through which rooms reach a socket without waiting on it.
+//! - [`node`]: what all of the above share; [`config`], [`metrics`].
+//!
+//! The edge holds no state that matters when it dies: messages live in the stream (and the
+//! archive), names expire from presence, and clients resume by `_id` on another edge.
+
+pub mod catchup;
+pub mod config;
+pub mod metrics;
+pub mod node;
+pub mod outbox;
+pub mod presence;
+pub mod rooms;
+pub mod server;
+pub mod session;
+
+use std::sync::Arc;
+
+pub use config::Config;
+pub use node::Node;
+
+/// Run an edge until SIGTERM/SIGINT, then drain and return.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let drain_timeout = config.drain_timeout();
+    let node = Node::start(config).await?;
+    tracing::info!(addr = %listener.local_addr()?, node = %node.name, "edge listening");
+    let app = server::router(node.clone());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let drainer = {
+        let node: Arc<Node> = node.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            server::drain(&node, drain_timeout).await;
+            let _ = stop_tx.send(());
+        })
+    };
+    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stop_rx.await;
+    });
+    serve.await?;
+    drainer.await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = term => tracing::info!("SIGTERM"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+    }
+}

@@ -1,0 +1,207 @@
+//! The edge node: everything its sessions share — the NATS connection, the stream reader,
+//! presence, the room registry, the session registry, metrics, and the drain state.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use natter_nats::{subjects, StreamReader};
+use natter_protocol::Limits;
+use thiserror::Error;
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::outbox::{CloseReason, Outbox};
+use crate::presence::Presence;
+use crate::rooms::Rooms;
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Layout(#[from] natter_nats::LayoutError),
+    #[error("could not subscribe to {0}: {1}")]
+    Subscribe(String, String),
+}
+
+/// Open sessions by id, for takeovers and the drain.
+#[derive(Default)]
+pub struct Sessions {
+    map: Mutex<HashMap<String, Outbox>>,
+}
+
+impl Sessions {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Outbox>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn insert(&self, id: &str, outbox: Outbox) {
+        self.lock().insert(id.to_owned(), outbox);
+    }
+
+    pub fn remove(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    pub fn get(&self, id: &str) -> Option<Outbox> {
+        self.lock().get(id).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn all(&self) -> Vec<Outbox> {
+        self.lock().values().cloned().collect()
+    }
+}
+
+/// Shared state of one edge process.
+pub struct Node {
+    pub config: Config,
+    pub name: String,
+    pub nats: async_nats::Client,
+    pub js: jetstream::Context,
+    pub reader: StreamReader,
+    pub presence: Arc<Presence>,
+    pub rooms: Rooms,
+    pub sessions: Sessions,
+    pub metrics: Metrics,
+    pub limits: Limits,
+    pub connections: Arc<Semaphore>,
+    draining: AtomicBool,
+    next_member: AtomicU64,
+    next_request: AtomicU64,
+}
+
+impl Node {
+    /// Connect to NATS, ensure the stream and bucket, and start the background tasks
+    /// (presence refresh, takeover notices).
+    pub async fn start(config: Config) -> Result<Arc<Node>, StartError> {
+        let name = config.node();
+        let nats = natter_nats::connect(&config.nats_url, &format!("natter-edge {name}"), Duration::from_secs(30)).await?;
+        let js = jetstream::new(nats.clone());
+        natter_nats::ensure_chat_stream(&js, &config.stream).await?;
+        let kv = natter_nats::ensure_presence(&js, &config.stream).await?;
+        let timeout = config.nats_timeout();
+        let reader = StreamReader::new(nats.clone(), subjects::STREAM, timeout);
+        let kv_reader = StreamReader::new(nats.clone(), &format!("KV_{}", subjects::PRESENCE_BUCKET), timeout);
+        let presence = Arc::new(Presence::new(kv, kv_reader, name.clone()));
+        let limits = Limits {
+            max_text_bytes: config.max_text_bytes,
+            max_history_page: 500,
+        };
+        let node = Arc::new(Node {
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            limits,
+            name,
+            nats,
+            js,
+            reader,
+            presence,
+            rooms: Rooms::default(),
+            sessions: Sessions::default(),
+            metrics: Metrics::default(),
+            draining: AtomicBool::new(false),
+            next_member: AtomicU64::new(1),
+            next_request: AtomicU64::new(1),
+            config,
+        });
+        let refresh = Duration::from_secs((node.config.stream.presence_ttl_secs / 3).max(1));
+        node.presence.spawn_refresher(refresh);
+        node.spawn_kick_listener().await?;
+        info!(node = %node.name, "edge node started");
+        Ok(node)
+    }
+
+    /// Listen for "close session X" from edges where X's name was taken over.
+    async fn spawn_kick_listener(self: &Arc<Self>) -> Result<(), StartError> {
+        let subject = subjects::kick(&self.name);
+        let mut sub = self
+            .nats
+            .subscribe(subject.clone())
+            .await
+            .map_err(|e| StartError::Subscribe(subject, e.to_string()))?;
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                let Some(node) = me.upgrade() else { return };
+                let sid = String::from_utf8_lossy(&msg.payload);
+                if let Some(outbox) = node.sessions.get(&sid) {
+                    info!(session = %sid, "session replaced on another edge; closing");
+                    outbox.close(CloseReason::Replaced);
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Close session `session_id` held at `node` (this one or another edge).
+    pub async fn kick(&self, node: &str, session_id: &str) {
+        Metrics::inc(&self.metrics.takeovers);
+        if node == self.name {
+            if let Some(o) = self.sessions.get(session_id) {
+                o.close(CloseReason::Replaced);
+            }
+        } else if let Err(e) = self
+            .nats
+            .publish(subjects::kick(node), Bytes::from(session_id.to_owned()))
+            .await
+        {
+            warn!(error = %e, "could not notify the previous session's edge");
+        }
+    }
+
+    /// Publish an ephemeral room event (not stored) to every edge with members.
+    pub async fn publish_event(&self, live_subject: &str, kind: &str, user_token: &str, frame: Bytes) {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(subjects::HDR_EVENT, kind);
+        headers.insert(subjects::HDR_USER, user_token);
+        if let Err(e) = self
+            .nats
+            .publish_with_headers(live_subject.to_owned(), headers, frame)
+            .await
+        {
+            warn!(error = %e, kind, "could not publish room event");
+        }
+    }
+
+    pub fn next_member_id(&self) -> u64 {
+        self.next_member.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Id for a server-initiated request (`reconnect`).
+    pub fn next_request_id(&self) -> u64 {
+        self.next_request.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Whether this edge should get new clients.
+    pub fn is_ready(&self) -> bool {
+        !self.is_draining() && self.nats.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Fail readiness and ask every client to move.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        let all = self.sessions.all();
+        self.metrics
+            .drain_reconnects_sent
+            .fetch_add(all.len() as u64, Ordering::Relaxed);
+        for o in all {
+            o.drain();
+        }
+    }
+}

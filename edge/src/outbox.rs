@@ -1,0 +1,130 @@
+//! A socket's outside handle: the bounded queue of frames to write to it, and the signal
+//! by which rooms, presence and the drain tell it to stop.
+//!
+//! Rooms never await a socket: they `try_send` an already-encoded frame and, when the queue
+//! is full, tell the socket to go (the client resumes by `_id` elsewhere). So one slow
+//! client can neither stall a room nor grow the edge's memory.
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+
+/// Why a socket is being closed, as the client sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Its outbound queue overflowed: reconnect and resume by `_id`.
+    Slow,
+    /// The same userId joined elsewhere and took its name over.
+    Replaced,
+    /// Nothing heard from the client for too long.
+    Idle,
+    /// The edge is stopping (drain deadline reached).
+    Shutdown,
+    /// A message exceeded the frame limit.
+    TooLarge,
+    /// The room could not be kept consistent (a gap that could not be repaired): resume.
+    Resync,
+    /// The session ended on its own (client closed or the socket failed).
+    Done,
+}
+
+impl CloseReason {
+    /// WebSocket close code and reason text.
+    pub fn close_frame(self) -> (u16, &'static str) {
+        match self {
+            CloseReason::Slow => (1013, "too slow: reconnect and resume"),
+            CloseReason::Replaced => (4001, "replaced by a newer session"),
+            CloseReason::Idle => (1001, "idle timeout"),
+            CloseReason::Shutdown => (1001, "server shutting down: reconnect"),
+            CloseReason::TooLarge => (1009, "message too large"),
+            CloseReason::Resync => (1013, "resync: reconnect and resume"),
+            CloseReason::Done => (1000, "bye"),
+        }
+    }
+
+    /// Whether the client should get a `reconnect` request before the close frame.
+    pub fn hints_reconnect(self) -> Option<&'static str> {
+        match self {
+            CloseReason::Slow => Some("slow"),
+            CloseReason::Shutdown => Some("draining"),
+            CloseReason::Resync => Some("resync"),
+            _ => None,
+        }
+    }
+}
+
+/// The latest instruction for a socket's writer. `watch` keeps only the newest, so
+/// signalling never blocks and never fills up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Signal {
+    /// Send the `reconnect` request (the edge is draining) but keep serving.
+    pub drain: bool,
+    /// Close with this reason.
+    pub close: Option<CloseReason>,
+}
+
+/// Cloneable handle to one socket.
+#[derive(Clone)]
+pub struct Outbox {
+    frames: mpsc::Sender<Bytes>,
+    signal: watch::Sender<Signal>,
+}
+
+/// What happened to a frame offered to a socket.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offer {
+    Queued,
+    /// The queue was full; the socket has been told to close as slow.
+    Overflow,
+    /// The socket is gone.
+    Closed,
+}
+
+impl Outbox {
+    pub fn new(frames: mpsc::Sender<Bytes>, signal: watch::Sender<Signal>) -> Self {
+        Outbox { frames, signal }
+    }
+
+    /// Queue a frame without waiting; a full queue closes the socket as slow.
+    pub fn offer(&self, frame: Bytes) -> Offer {
+        match self.frames.try_send(frame) {
+            Ok(()) => Offer::Queued,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.close(CloseReason::Slow);
+                Offer::Overflow
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Closed,
+        }
+    }
+
+    /// Queue a frame, waiting for room (only the socket's own session does this, e.g. while
+    /// replaying history). Returns false when the socket is gone.
+    pub async fn send(&self, frame: Bytes) -> bool {
+        self.frames.send(frame).await.is_ok()
+    }
+
+    /// Ask the writer to close with `reason` (the first reason wins).
+    pub fn close(&self, reason: CloseReason) {
+        self.signal.send_if_modified(|s| {
+            if s.close.is_none() {
+                s.close = Some(reason);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Ask the writer to send the drain `reconnect` request.
+    pub fn drain(&self) {
+        self.signal.send_if_modified(|s| {
+            let changed = !s.drain;
+            s.drain = true;
+            changed
+        });
+    }
+
+    /// The close reason, if one was given.
+    pub fn closing(&self) -> Option<CloseReason> {
+        self.signal.borrow().close
+    }
+}

@@ -1,0 +1,92 @@
+//! The HTTP side of the edge: `/chat` (WebSocket upgrade), `/healthz`, `/readyz`,
+//! `/metrics`, 404 for anything else; and the SIGTERM drain.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use fastwebsockets::upgrade::IncomingUpgrade;
+use tracing::{info, warn};
+
+use crate::metrics::Metrics;
+use crate::node::Node;
+use crate::outbox::CloseReason;
+use crate::session;
+
+/// The edge's routes.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/chat", get(chat))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(node)
+}
+
+async fn chat(State(node): State<Arc<Node>>, upgrade: IncomingUpgrade) -> Response {
+    if node.is_draining() {
+        Metrics::inc(&node.metrics.connections_rejected);
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining: connect to another edge").into_response();
+    }
+    let Ok(permit) = node.connections.clone().try_acquire_owned() else {
+        Metrics::inc(&node.metrics.connections_rejected);
+        return (StatusCode::SERVICE_UNAVAILABLE, "connection limit reached").into_response();
+    };
+    let (response, fut) = match upgrade.upgrade() {
+        Ok(x) => x,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    tokio::spawn(async move {
+        match fut.await {
+            Ok(ws) => session::serve(node, ws, permit).await,
+            Err(e) => warn!(error = %e, "WebSocket upgrade failed"),
+        }
+    });
+    response.into_response()
+}
+
+async fn readyz(State(node): State<Arc<Node>>) -> Response {
+    if node.is_ready() {
+        (StatusCode::OK, "ready").into_response()
+    } else if node.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "NATS not connected").into_response()
+    }
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        node.metrics.render(node.is_draining()),
+    )
+        .into_response()
+}
+
+/// Drain: fail readiness, ask every client to reconnect elsewhere, wait for them to go
+/// (up to most of `timeout`), close whoever is left. Returns within `timeout`.
+pub async fn drain(node: &Node, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let close_at = deadline - timeout.min(Duration::from_secs(1)) / 2;
+    info!(sessions = node.sessions.len(), ?timeout, "draining");
+    node.start_draining();
+    while !node.sessions.is_empty() && tokio::time::Instant::now() < close_at {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = node.sessions.all();
+    if !left.is_empty() {
+        info!(sessions = left.len(), "closing sessions still open at the drain deadline");
+        for o in left {
+            o.close(CloseReason::Shutdown);
+        }
+        while !node.sessions.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    info!(remaining = node.metrics.connections.load(Relaxed), "drained");
+}

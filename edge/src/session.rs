@@ -8,7 +8,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::context::PublishAckFuture;
@@ -21,7 +23,7 @@ use natter_nats::subjects;
 use natter_protocol::request::{GetHistory, Join, TextMessage};
 use natter_protocol::{frame, token, Call, ErrorCode, Request, RpcError};
 use serde_json::{json, Value};
-use tokio::io::{BufWriter, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, BufWriter, ReadBuf, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tracing::{debug, info, warn, Instrument};
 
@@ -33,8 +35,39 @@ use crate::presence::{Holder, PresenceError};
 use crate::rooms::Membership;
 
 type Io = TokioIo<Upgraded>;
-type Reader = WebSocketRead<ReadHalf<Io>>;
+type Reader = WebSocketRead<SharedRead>;
 type Writer = WebSocketWrite<BufWriter<WriteHalf<Io>>>;
+
+/// The socket's read half, shared so that the session can still drain it after the reader
+/// gave up (e.g. on an oversized frame): closing a socket with unread input makes the kernel
+/// send a reset, which can destroy the close frame before the client reads it.
+#[derive(Clone)]
+struct SharedRead(Arc<Mutex<ReadHalf<Io>>>);
+
+impl AsyncRead for SharedRead {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        // Never contended: only one task reads at a time; the lock is not held across polls.
+        let mut inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        Pin::new(&mut *inner).poll_read(cx, buf)
+    }
+}
+
+impl SharedRead {
+    /// Read and discard until the peer closes, `limit` bytes were read, or `within` passed.
+    async fn discard(mut self, limit: usize, within: Duration) {
+        let mut buf = vec![0u8; 8192];
+        let mut total = 0usize;
+        let _ = tokio::time::timeout(within, async {
+            while total < limit {
+                match self.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => total += n,
+                }
+            }
+        })
+        .await;
+    }
+}
 
 /// How long a side waits for the other to finish once one has ended.
 const GRACE: Duration = Duration::from_secs(2);
@@ -100,10 +133,14 @@ async fn run(node: Arc<Node>, ws: WebSocket<Io>, id: String, _permit: OwnedSemap
         born: Instant::now(),
     });
     let (ctl_tx, ctl_rx) = mpsc::channel::<Frame<'static>>(8);
+    let raw_read: Mutex<Option<SharedRead>> = Mutex::new(None);
     let (mut rd, mut wr) = ws.split(|s| {
         let (r, w) = tokio::io::split(s);
+        let r = SharedRead(Arc::new(Mutex::new(r)));
+        *raw_read.lock().unwrap_or_else(|p| p.into_inner()) = Some(r.clone());
         (r, BufWriter::with_capacity(16 * 1024, w))
     });
+    let mut raw_read = raw_read.into_inner().unwrap_or_else(|p| p.into_inner());
     rd.set_max_message_size(node.config.max_frame_bytes.saturating_add(1));
     wr.set_writev(false);
     debug!("connected");
@@ -114,13 +151,15 @@ async fn run(node: Arc<Node>, ws: WebSocket<Io>, id: String, _permit: OwnedSemap
 
     tokio::select! {
         end = &mut reader => {
-            let reason = match end {
-                Ok(ReadEnd::TooLarge) => CloseReason::TooLarge,
-                _ => CloseReason::Done,
-            };
-            outbox.close(reason);
+            let too_large = matches!(end, Ok(ReadEnd::TooLarge));
+            outbox.close(if too_large { CloseReason::TooLarge } else { CloseReason::Done });
             if tokio::time::timeout(GRACE, &mut writer).await.is_err() {
                 writer.abort();
+            }
+            if too_large {
+                if let Some(r) = raw_read.take() {
+                    r.discard(4 * node.config.max_frame_bytes.max(64 * 1024), GRACE).await;
+                }
             }
         }
         _ = &mut writer => {

@@ -123,6 +123,11 @@ impl Outbox {
         });
     }
 
+    /// A receiver of this socket's signal (for whoever must enforce a close).
+    pub fn watch(&self) -> watch::Receiver<Signal> {
+        self.signal.subscribe()
+    }
+
     /// The close reason, if one was given.
     pub fn closing(&self) -> Option<CloseReason> {
         self.signal.borrow().close

@@ -145,6 +145,7 @@ async fn run(node: Arc<Node>, ws: WebSocket<Io>, id: String, _permit: OwnedSemap
     wr.set_writev(false);
     debug!("connected");
 
+    let mut close_watch = outbox.watch();
     let session = Session::new(node.clone(), id.clone(), outbox.clone(), shared.clone());
     let mut reader = tokio::spawn(session.read_loop(rd, ctl_tx).in_current_span());
     let mut writer = tokio::spawn(write_loop(node.clone(), wr, frames_rx, ctl_rx, signal_rx, shared.clone()).in_current_span());
@@ -169,9 +170,34 @@ async fn run(node: Arc<Node>, ws: WebSocket<Io>, id: String, _permit: OwnedSemap
                 reader.abort();
             }
         }
+        _ = close_requested(&mut close_watch) => {
+            // Slow, replaced, shutdown...: the writer sends the close frame, unless it is stuck
+            // on a socket the client stopped reading, in which case the socket is dropped.
+            if tokio::time::timeout(GRACE, &mut writer).await.is_err() {
+                writer.abort();
+            }
+            if tokio::time::timeout(GRACE, &mut reader).await.is_err() {
+                reader.abort();
+            }
+        }
+    }
+    if outbox.closing() == Some(CloseReason::Slow) {
+        Metrics::inc(&node.metrics.slow_client_disconnects);
     }
     cleanup(&node, &id, &shared).await;
     debug!(reason = ?outbox.closing(), "disconnected");
+}
+
+/// Resolves once a close reason has been signalled for the socket.
+async fn close_requested(rx: &mut watch::Receiver<Signal>) {
+    loop {
+        if rx.borrow_and_update().close.is_some() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// Leave every room, give names back, and say goodbye to the room when the client left on
@@ -240,9 +266,6 @@ async fn write_loop(
                             if !(drain_sent && hint == "draining") {
                                 write_reconnect(&node, &mut wr, hint).await?;
                             }
-                        }
-                        if reason == CloseReason::Slow {
-                            Metrics::inc(&node.metrics.slow_client_disconnects);
                         }
                         let (code, text) = reason.close_frame();
                         wr.write_frame(Frame::close(code, text.as_bytes())).await?;

@@ -1,0 +1,193 @@
+//! The edge under failure, with real processes: kill -9, SIGTERM drain, a client that
+//! stops reading, and a NATS restart that loses live messages.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use natter_testkit::{ChatClient, Event};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn kill_9_of_an_edge_loses_nothing_for_its_clients() {
+    let mut s = stack(2, &["--rate-per-sec", "1000", "--rate-burst", "1000"]).await;
+    let (mut ann, _) = joined(&s.edges[0], "r", "u1", "Ann").await;
+    let (mut bob, _) = joined(&s.edges[1], "r", "u2", "Bob").await;
+    for i in 0..20 {
+        ann.send_message("r", "u1", "Ann", "x", &format!("m{i}")).await;
+    }
+    let seen = bob.room_messages(20, WAIT).await;
+    assert_eq!(seen.len(), 20);
+    let last = *ids(&seen).last().unwrap();
+
+    s.edges[1].proc().kill9();
+    let end = bob.next_event(WAIT).await;
+    assert!(matches!(end, Some(Event::Gone(_)) | Some(Event::Close(..)) | None), "{end:?}");
+    for i in 20..70 {
+        ann.send_message("r", "u1", "Ann", "x", &format!("m{i}")).await;
+    }
+    // Bob's client moves to the surviving edge and resumes; the dead edge's claim on
+    // "Bob" is taken over by the same userId.
+    let mut bob = ChatClient::connect(&s.edges[0].ws_url()).await.unwrap();
+    bob.join("r", "u2", "Bob", Some(last), true).await.unwrap();
+    for i in 70..80 {
+        ann.send_message("r", "u1", "Ann", "x", &format!("m{i}")).await;
+    }
+    let rest = bob.room_messages(60, WAIT).await;
+    assert_once_in_order(&rest);
+    assert_eq!(uuids(&rest), (20..80).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    assert!(bob.room_messages(1, Duration::from_millis(300)).await.is_empty());
+}
+
+#[tokio::test]
+async fn sigterm_drains_clients_with_a_reconnect_request_and_exits_in_time() {
+    let mut s = stack(2, &["--rate-per-sec", "1000", "--rate-burst", "1000"]).await;
+    let (mut ann, _) = joined(&s.edges[0], "r", "u1", "Ann").await;
+    let (mut bob, _) = joined(&s.edges[1], "r", "u2", "Bob").await;
+    // A second client on the draining edge that never moves: the deadline closes it.
+    let (mut stubborn, _) = joined(&s.edges[1], "r", "u3", "Cid").await;
+    ann.send_message("r", "u1", "Ann", "x", "m0").await;
+    let last = ids(&bob.room_messages(1, WAIT).await)[0];
+
+    let t0 = Instant::now();
+    s.edges[1].proc().term();
+    let req = bob.next_matching(WAIT, |v| v["method"] == "reconnect").await.expect("reconnect request");
+    assert!(req["id"].is_number(), "existing clients need an id: {req}");
+    assert_eq!(req["params"]["reason"], "draining");
+    assert_eq!(s.edges[1].status("/readyz").await, Some(503));
+    assert!(stubborn.next_matching(WAIT, |v| v["method"] == "reconnect").await.is_some());
+
+    // Messages keep flowing while Bob moves.
+    for i in 1..30 {
+        ann.send_message("r", "u1", "Ann", "x", &format!("m{i}")).await;
+    }
+    let mut moved = ChatClient::connect(&s.edges[0].ws_url()).await.unwrap();
+    moved.join("r", "u2", "Bob", Some(last), true).await.unwrap();
+    bob.close().await;
+    let rest = moved.room_messages(29, WAIT).await;
+    assert_once_in_order(&rest);
+    assert_eq!(uuids(&rest), (1..30).map(|i| format!("m{i}")).collect::<Vec<_>>());
+
+    let status = s.edges[1].proc().wait_exit(Duration::from_secs(10)).await.expect("edge exited");
+    let took = t0.elapsed();
+    assert!(status.success(), "{status:?}");
+    // Drain timeout is 4 s; allow scheduling slack but not a second timeout's worth.
+    assert!(took < Duration::from_secs(6), "exit took {took:?}");
+    // The stubborn client was closed by the deadline.
+    let end = stubborn.drain(Duration::from_secs(2)).await;
+    assert!(
+        end.iter().any(|e| matches!(e, Event::Close(1001, _) | Event::Gone(_))),
+        "{end:?}"
+    );
+}
+
+/// A WebSocket client that joins and then never reads again.
+async fn stalled_client(addr: std::net::SocketAddr, room: &str) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET /chat HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let join = json!({"jsonrpc":"2.0","method":"joinRoom","id":1,
+        "params":{"userId":"slow","userName":"Slow","roomName":room}})
+    .to_string();
+    // Client frames are masked; a zero mask keeps the payload as is.
+    let mut frame = vec![0x81u8];
+    let len = join.len();
+    assert!(len < 126);
+    frame.push(0x80 | len as u8);
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.extend_from_slice(join.as_bytes());
+    s.write_all(&frame).await.unwrap();
+    // Give the join time to complete before the flood.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_and_the_room_keeps_flowing() {
+    let s = stack(
+        1,
+        &["--outbound-queue", "128", "--rate-per-sec", "100000", "--rate-burst", "100000", "--max-text-bytes", "16384"],
+    )
+    .await;
+    let (mut ann, _) = joined(&s.edges[0], "r", "u1", "Ann").await;
+    let (mut bob, _) = joined(&s.edges[0], "r", "u2", "Bob").await;
+    let _stalled = stalled_client(s.edges[0].addr, "r").await;
+    let text = "z".repeat(8000);
+    let n = 2500;
+    // The sender waits for its own echoes every 32 messages, as a real client bounds
+    // its unacknowledged messages; the stalled member gets nothing of that courtesy.
+    let sender = tokio::spawn(async move {
+        for w in 0..n / 32 + 1 {
+            let batch: Vec<usize> = (w * 32..((w + 1) * 32).min(n)).collect();
+            for i in &batch {
+                ann.send_message("r", "u1", "Ann", &text, &format!("m{i}")).await;
+            }
+            let echoes = ann.room_messages(batch.len(), WAIT).await;
+            assert_eq!(echoes.len(), batch.len(), "sender lost echoes");
+        }
+        ann
+    });
+    let got = bob.room_messages(n, Duration::from_secs(60)).await;
+    let _ann = sender.await.unwrap();
+    assert_eq!(got.len(), n, "a stalled member must not stall the room");
+    assert_once_in_order(&got);
+    // The stalled socket is closed (its writer may be stuck on a full socket: the edge
+    // drops it after a grace period).
+    let edge = &s.edges[0];
+    let kicked = natter_testkit::eventually(WAIT, || async {
+        edge.metric("natter_edge_slow_client_disconnects_total").await == Some(1.0)
+    })
+    .await;
+    assert!(kicked, "members now: {:?}", edge.metric("natter_edge_members").await);
+    assert_eq!(edge.metric("natter_edge_members").await, Some(2.0));
+}
+
+#[tokio::test]
+async fn messages_missed_on_the_live_subject_during_a_nats_restart_are_repaired() {
+    let mut s = stack(1, &[]).await;
+    let (mut bob, _) = joined(&s.edges[0], "r", "u2", "Bob").await;
+    let (mut ann, _) = joined(&s.edges[0], "r", "u1", "Ann").await;
+    ann.send_message("r", "u1", "Ann", "x", "before").await;
+    assert_eq!(uuids(&bob.room_messages(1, WAIT).await), vec!["before"]);
+
+    s.nats.kill();
+    s.nats.restart().await;
+    // Publish straight into the stream before the edge has necessarily reconnected: those
+    // live copies may never reach it, and only the sequence headers reveal the gap.
+    let client = async_nats::connect(s.nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let token = natter_protocol::token::encode("r");
+    for i in 0..5 {
+        let mut p = serde_json::Map::new();
+        p.insert("roomName".into(), json!("r"));
+        p.insert("userId".into(), json!("u9"));
+        p.insert("userName".into(), json!("Direct"));
+        p.insert("text".into(), json!("x"));
+        p.insert("uuid".into(), json!(format!("d{i}")));
+        let body = natter_protocol::frame::stored_message("textMessage", None, p, "2026-01-01T00:00:00Z");
+        let msg = async_nats::jetstream::message::PublishMessage::build()
+            .payload(body)
+            .message_id(natter_nats::subjects::msg_id(&token, &format!("d{i}")));
+        js.send_publish(natter_nats::subjects::room(&token), msg).await.unwrap().await.unwrap();
+    }
+    let got = bob.room_messages(5, WAIT).await;
+    assert_eq!(uuids(&got), (0..5).map(|i| format!("d{i}")).collect::<Vec<_>>());
+    assert_once_in_order(&got);
+    // And live traffic goes on afterwards, still without duplicates.
+    ann.send_message("r", "u1", "Ann", "x", "after").await;
+    let after = bob.room_messages(1, WAIT).await;
+    assert_eq!(uuids(&after), vec!["after"]);
+    assert!(bob.room_messages(1, Duration::from_millis(1500)).await.is_empty());
+}

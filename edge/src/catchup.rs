@@ -62,7 +62,13 @@ async fn stream_may_have_dropped(node: &Node, subject: &str, after: u64) -> bool
 
 /// Ask the archiver for up to `want` of the newest messages with `after < _id < before`,
 /// paging backwards. Returns them ascending, and whether older ones (still `> after`) remain.
-async fn archive_before(node: &Node, room: &Room, after: u64, before: u64, want: usize) -> Result<(Frames, bool), String> {
+async fn archive_before(
+    node: &Node,
+    room: &Room,
+    after: u64,
+    before: u64,
+    want: usize,
+) -> Result<(Frames, bool), String> {
     let mut out: VecDeque<(u64, Bytes)> = VecDeque::new();
     let mut before = before;
     let mut more = false;
@@ -100,18 +106,24 @@ async fn archive_before(node: &Node, room: &Room, after: u64, before: u64, want:
     Ok((out.into(), more))
 }
 
-async fn archive_request(node: &Node, room: &Room, req: &HistoryRequest) -> Result<HistoryReply, String> {
+async fn archive_request(
+    node: &Node,
+    room: &Room,
+    req: &HistoryRequest,
+) -> Result<HistoryReply, String> {
     Metrics::inc(&node.metrics.archive_requests);
     let body = serde_json::to_vec(req).map_err(|e| e.to_string())?;
     let res = tokio::time::timeout(
         node.config.nats_timeout(),
-        node.nats.request(subjects::history(&room.token), body.into()),
+        node.nats
+            .request(subjects::history(&room.token), body.into()),
     )
     .await;
     let reply = match res {
         Err(_) => Err("archive request timed out".to_string()),
         Ok(Err(e)) => Err(format!("archive request failed: {e}")),
-        Ok(Ok(msg)) => serde_json::from_slice::<HistoryReply>(&msg.payload).map_err(|e| format!("bad archive reply: {e}")),
+        Ok(Ok(msg)) => serde_json::from_slice::<HistoryReply>(&msg.payload)
+            .map_err(|e| format!("bad archive reply: {e}")),
     };
     match reply {
         Ok(r) if r.error.is_none() => Ok(r),
@@ -138,7 +150,13 @@ pub struct Replayed {
 /// Send a joining member its history up to `seam`: the newest `max_messages_history` when
 /// `after` is `None`, else everything with `_id > after` (at most `max_catchup`, the newest,
 /// with `historyTruncated` first when more existed).
-pub async fn replay(node: &Node, outbox: &Outbox, room: &Room, after: Option<u64>, seam: u64) -> Result<Replayed, CatchupError> {
+pub async fn replay(
+    node: &Node,
+    outbox: &Outbox,
+    room: &Room,
+    after: Option<u64>,
+    seam: u64,
+) -> Result<Replayed, CatchupError> {
     let t0 = Instant::now();
     let (frames, truncated) = match after {
         None => newest(node, room, node.config.max_messages_history, seam).await?,
@@ -149,10 +167,16 @@ pub async fn replay(node: &Node, outbox: &Outbox, room: &Room, after: Option<u64
         truncated_from: None,
     };
     if truncated {
-        let from = frames.first().map(|(s, _)| *s).unwrap_or(seam.saturating_add(1));
+        let from = frames
+            .first()
+            .map(|(s, _)| *s)
+            .unwrap_or(seam.saturating_add(1));
         out.truncated_from = Some(from);
         Metrics::inc(&node.metrics.history_truncated);
-        let note = frame::notification("historyTruncated", json!({"roomName": room.name, "fromId": from.to_string()}));
+        let note = frame::notification(
+            "historyTruncated",
+            json!({"roomName": room.name, "fromId": from.to_string()}),
+        );
         if !outbox.send(note).await {
             return Err(CatchupError::SocketGone);
         }
@@ -163,8 +187,12 @@ pub async fn replay(node: &Node, outbox: &Outbox, room: &Room, after: Option<u64
         }
     }
     Metrics::inc(&node.metrics.catchups);
-    node.metrics.catchup_messages.fetch_add(out.messages as u64, Relaxed);
-    node.metrics.frames_out.fetch_add(out.messages as u64, Relaxed);
+    node.metrics
+        .catchup_messages
+        .fetch_add(out.messages as u64, Relaxed);
+    node.metrics
+        .frames_out
+        .fetch_add(out.messages as u64, Relaxed);
     node.metrics.catchup_latency.observe(t0.elapsed());
     debug!(messages = out.messages, truncated = ?out.truncated_from, "replayed");
     Ok(out)
@@ -172,7 +200,12 @@ pub async fn replay(node: &Node, outbox: &Outbox, room: &Room, after: Option<u64
 
 /// The newest `n` messages with `_id <= up_to`; the flag says older ones exist (for a join:
 /// whether the archive was needed but unavailable, which is reported as truncation).
-async fn newest(node: &Node, room: &Room, n: usize, up_to: u64) -> Result<(Frames, bool), CatchupError> {
+async fn newest(
+    node: &Node,
+    room: &Room,
+    n: usize,
+    up_to: u64,
+) -> Result<(Frames, bool), CatchupError> {
     let (msgs, _more) = page_back(node, room, n, up_to).await?;
     Ok((msgs.frames, msgs.archive_failed))
 }
@@ -185,7 +218,12 @@ struct Page {
 
 /// The newest `n` messages with `_id <= up_to`, from the stream and, below what it holds,
 /// the archive. Returns `(page, more-older-exist)`.
-async fn page_back(node: &Node, room: &Room, n: usize, up_to: u64) -> Result<(Page, bool), CatchupError> {
+async fn page_back(
+    node: &Node,
+    room: &Room,
+    n: usize,
+    up_to: u64,
+) -> Result<(Page, bool), CatchupError> {
     let (msgs, stream_more) = node
         .reader
         .tail(&room.subject, n, up_to)
@@ -198,7 +236,10 @@ async fn page_back(node: &Node, room: &Room, n: usize, up_to: u64) -> Result<(Pa
         archive_failed: false,
     };
     if !stream_more && up_to > 0 && stream_may_have_dropped(node, &room.subject, 0).await {
-        let before = frames.first().map(|(s, _)| *s).unwrap_or(up_to.saturating_add(1));
+        let before = frames
+            .first()
+            .map(|(s, _)| *s)
+            .unwrap_or(up_to.saturating_add(1));
         let want = n - frames.len();
         match archive_before(node, room, 0, before, want.max(1)).await {
             Ok((older, more)) => {
@@ -222,7 +263,12 @@ async fn page_back(node: &Node, room: &Room, n: usize, up_to: u64) -> Result<(Pa
 
 /// Everything with `after < _id <= up_to`, at most `max_catchup` (the newest); the flag says
 /// some were left out.
-async fn since(node: &Node, room: &Room, after: u64, up_to: u64) -> Result<(Frames, bool), CatchupError> {
+async fn since(
+    node: &Node,
+    room: &Room,
+    after: u64,
+    up_to: u64,
+) -> Result<(Frames, bool), CatchupError> {
     let max = node.config.max_catchup.max(1);
     if after >= up_to {
         return Ok((Vec::new(), false));
@@ -245,7 +291,10 @@ async fn since(node: &Node, room: &Room, after: u64, up_to: u64) -> Result<(Fram
         .await
         .map_err(|e| CatchupError::Stream(e.to_string()))?;
     let stream_from = first_in_stream.unwrap_or(up_to + 1);
-    if !truncated && stream_from > after + 1 && stream_may_have_dropped(node, &room.subject, after).await {
+    if !truncated
+        && stream_from > after + 1
+        && stream_may_have_dropped(node, &room.subject, after).await
+    {
         let want = max - ring.len();
         match archive_before(node, room, after, stream_from, want).await {
             Ok((older, more)) => {
@@ -265,7 +314,13 @@ async fn since(node: &Node, room: &Room, after: u64, up_to: u64) -> Result<(Fram
 
 /// `getHistory`: a page of up to `limit` messages before `before` (or the newest), as the
 /// bytes of a JSON-RPC result `{messages:[...], more}`.
-pub async fn history_page(node: &Node, room: &Room, id: Option<&Value>, before: Option<u64>, limit: usize) -> Result<Bytes, CatchupError> {
+pub async fn history_page(
+    node: &Node,
+    room: &Room,
+    id: Option<&Value>,
+    before: Option<u64>,
+    limit: usize,
+) -> Result<Bytes, CatchupError> {
     let up_to = match before {
         Some(0) => 0,
         Some(b) => b - 1,
@@ -287,7 +342,8 @@ pub async fn history_page(node: &Node, room: &Room, id: Option<&Value>, before: 
         warn!("getHistory served without the archive");
     }
     // {"jsonrpc":"2.0","result":{"messages":[...],"more":b},"id":ID} without re-encoding frames.
-    let mut out = BytesMut::with_capacity(64 + page.frames.iter().map(|(_, f)| f.len() + 1).sum::<usize>());
+    let mut out =
+        BytesMut::with_capacity(64 + page.frames.iter().map(|(_, f)| f.len() + 1).sum::<usize>());
     out.put_slice(b"{\"jsonrpc\":\"2.0\",\"result\":{\"messages\":[");
     for (i, (_, f)) in page.frames.iter().enumerate() {
         if i > 0 {
@@ -296,9 +352,17 @@ pub async fn history_page(node: &Node, room: &Room, id: Option<&Value>, before: 
         out.put_slice(f);
     }
     out.put_slice(b"],\"more\":");
-    out.put_slice(if more || page.archive_failed { b"true" } else { b"false" });
+    out.put_slice(if more || page.archive_failed {
+        b"true"
+    } else {
+        b"false"
+    });
     out.put_slice(b"},\"id\":");
-    out.put_slice(serde_json::to_string(&id).unwrap_or_else(|_| "null".into()).as_bytes());
+    out.put_slice(
+        serde_json::to_string(&id)
+            .unwrap_or_else(|_| "null".into())
+            .as_bytes(),
+    );
     out.put_u8(b'}');
     Ok(out.freeze())
 }

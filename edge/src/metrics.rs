@@ -38,7 +38,11 @@ impl Histogram {
         }
         cum += self.inf.load(Relaxed);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cum}");
-        let _ = writeln!(out, "{name}_sum {}", self.sum_nanos.load(Relaxed) as f64 / 1e9);
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_nanos.load(Relaxed) as f64 / 1e9
+        );
         let _ = writeln!(out, "{name}_count {cum}");
     }
 }
@@ -85,38 +89,154 @@ impl Metrics {
         let gauge = |o: &mut String, name: &str, help: &str, v: i64| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };
-        gauge(&mut o, "natter_edge_connections", "Open WebSockets.", self.connections.load(Relaxed));
-        gauge(&mut o, "natter_edge_rooms", "Rooms with local members (one NATS subscription each).", self.rooms.load(Relaxed));
-        gauge(&mut o, "natter_edge_members", "Room memberships on this edge.", self.members.load(Relaxed));
-        gauge(&mut o, "natter_edge_draining", "1 while the edge is draining.", i64::from(draining));
+        gauge(
+            &mut o,
+            "natter_edge_connections",
+            "Open WebSockets.",
+            self.connections.load(Relaxed),
+        );
+        gauge(
+            &mut o,
+            "natter_edge_rooms",
+            "Rooms with local members (one NATS subscription each).",
+            self.rooms.load(Relaxed),
+        );
+        gauge(
+            &mut o,
+            "natter_edge_members",
+            "Room memberships on this edge.",
+            self.members.load(Relaxed),
+        );
+        gauge(
+            &mut o,
+            "natter_edge_draining",
+            "1 while the edge is draining.",
+            i64::from(draining),
+        );
         let counters: [(&str, &str, &AtomicU64); 19] = [
-            ("natter_edge_connections_total", "WebSockets accepted.", &self.connections_total),
-            ("natter_edge_connections_rejected_total", "Upgrades refused (connection limit or draining).", &self.connections_rejected),
-            ("natter_edge_messages_in_total", "Room messages published to the stream.", &self.messages_in),
-            ("natter_edge_messages_duplicate_total", "Publishes the stream recognised as retries (same uuid).", &self.messages_duplicate),
-            ("natter_edge_publish_errors_total", "Publishes that failed (client told -32010).", &self.publish_errors),
-            ("natter_edge_frames_out_total", "Frames queued to sockets.", &self.frames_out),
-            ("natter_edge_room_messages_total", "Stored room messages fanned out (once per room per edge).", &self.room_messages_fanned_out),
-            ("natter_edge_client_errors_total", "Error responses sent to clients.", &self.client_errors),
-            ("natter_edge_rate_limited_total", "Requests refused by the per-socket rate limit.", &self.rate_limited),
-            ("natter_edge_slow_client_disconnects_total", "Sockets disconnected because their outbound queue was full.", &self.slow_client_disconnects),
-            ("natter_edge_gap_repairs_total", "Gaps in a room's live sequence repaired from the stream.", &self.gap_repairs),
-            ("natter_edge_gap_messages_repaired_total", "Messages recovered by gap repair.", &self.gap_messages_repaired),
-            ("natter_edge_catchups_total", "Joins and reconnects that replayed history.", &self.catchups),
-            ("natter_edge_catchup_messages_total", "Messages replayed on join or reconnect.", &self.catchup_messages),
-            ("natter_edge_history_truncated_total", "Resumes that hit the replay limit.", &self.history_truncated),
-            ("natter_edge_archive_requests_total", "History requests sent to the archiver.", &self.archive_requests),
-            ("natter_edge_archive_errors_total", "History requests to the archiver that failed.", &self.archive_errors),
-            ("natter_edge_takeovers_total", "Names taken over by a new session of the same userId.", &self.takeovers),
-            ("natter_edge_drain_reconnects_total", "Reconnect requests sent while draining.", &self.drain_reconnects_sent),
+            (
+                "natter_edge_connections_total",
+                "WebSockets accepted.",
+                &self.connections_total,
+            ),
+            (
+                "natter_edge_connections_rejected_total",
+                "Upgrades refused (connection limit or draining).",
+                &self.connections_rejected,
+            ),
+            (
+                "natter_edge_messages_in_total",
+                "Room messages published to the stream.",
+                &self.messages_in,
+            ),
+            (
+                "natter_edge_messages_duplicate_total",
+                "Publishes the stream recognised as retries (same uuid).",
+                &self.messages_duplicate,
+            ),
+            (
+                "natter_edge_publish_errors_total",
+                "Publishes that failed (client told -32010).",
+                &self.publish_errors,
+            ),
+            (
+                "natter_edge_frames_out_total",
+                "Frames queued to sockets.",
+                &self.frames_out,
+            ),
+            (
+                "natter_edge_room_messages_total",
+                "Stored room messages fanned out (once per room per edge).",
+                &self.room_messages_fanned_out,
+            ),
+            (
+                "natter_edge_client_errors_total",
+                "Error responses sent to clients.",
+                &self.client_errors,
+            ),
+            (
+                "natter_edge_rate_limited_total",
+                "Requests refused by the per-socket rate limit.",
+                &self.rate_limited,
+            ),
+            (
+                "natter_edge_slow_client_disconnects_total",
+                "Sockets disconnected because their outbound queue was full.",
+                &self.slow_client_disconnects,
+            ),
+            (
+                "natter_edge_gap_repairs_total",
+                "Gaps in a room's live sequence repaired from the stream.",
+                &self.gap_repairs,
+            ),
+            (
+                "natter_edge_gap_messages_repaired_total",
+                "Messages recovered by gap repair.",
+                &self.gap_messages_repaired,
+            ),
+            (
+                "natter_edge_catchups_total",
+                "Joins and reconnects that replayed history.",
+                &self.catchups,
+            ),
+            (
+                "natter_edge_catchup_messages_total",
+                "Messages replayed on join or reconnect.",
+                &self.catchup_messages,
+            ),
+            (
+                "natter_edge_history_truncated_total",
+                "Resumes that hit the replay limit.",
+                &self.history_truncated,
+            ),
+            (
+                "natter_edge_archive_requests_total",
+                "History requests sent to the archiver.",
+                &self.archive_requests,
+            ),
+            (
+                "natter_edge_archive_errors_total",
+                "History requests to the archiver that failed.",
+                &self.archive_errors,
+            ),
+            (
+                "natter_edge_takeovers_total",
+                "Names taken over by a new session of the same userId.",
+                &self.takeovers,
+            ),
+            (
+                "natter_edge_drain_reconnects_total",
+                "Reconnect requests sent while draining.",
+                &self.drain_reconnects_sent,
+            ),
         ];
         for (name, help, c) in counters {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", c.load(Relaxed));
+            let _ = writeln!(
+                o,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                c.load(Relaxed)
+            );
         }
-        self.publish_latency.render(&mut o, "natter_edge_publish_seconds", "Time from publish to the stream's ack.");
-        self.fanout_latency.render(&mut o, "natter_edge_fanout_seconds", "Time to queue one room message to every local member.");
-        self.delivery_lag.render(&mut o, "natter_edge_delivery_lag_seconds", "Time from storage in the stream to queued on this edge.");
-        self.catchup_latency.render(&mut o, "natter_edge_catchup_seconds", "Time to replay history on join or reconnect.");
+        self.publish_latency.render(
+            &mut o,
+            "natter_edge_publish_seconds",
+            "Time from publish to the stream's ack.",
+        );
+        self.fanout_latency.render(
+            &mut o,
+            "natter_edge_fanout_seconds",
+            "Time to queue one room message to every local member.",
+        );
+        self.delivery_lag.render(
+            &mut o,
+            "natter_edge_delivery_lag_seconds",
+            "Time from storage in the stream to queued on this edge.",
+        );
+        self.catchup_latency.render(
+            &mut o,
+            "natter_edge_catchup_seconds",
+            "Time to replay history on join or reconnect.",
+        );
         o
     }
 }

@@ -88,13 +88,22 @@ impl Node {
     /// (presence refresh, takeover notices).
     pub async fn start(config: Config) -> Result<Arc<Node>, StartError> {
         let name = config.node();
-        let nats = natter_nats::connect(&config.nats_url, &format!("natter-edge {name}"), Duration::from_secs(30)).await?;
+        let nats = natter_nats::connect(
+            &config.nats_url,
+            &format!("natter-edge {name}"),
+            Duration::from_secs(30),
+        )
+        .await?;
         let js = jetstream::new(nats.clone());
         natter_nats::ensure_chat_stream(&js, &config.stream).await?;
         let kv = natter_nats::ensure_presence(&js, &config.stream).await?;
         let timeout = config.nats_timeout();
         let reader = StreamReader::new(nats.clone(), subjects::STREAM, timeout);
-        let kv_reader = StreamReader::new(nats.clone(), &format!("KV_{}", subjects::PRESENCE_BUCKET), timeout);
+        let kv_reader = StreamReader::new(
+            nats.clone(),
+            &format!("KV_{}", subjects::PRESENCE_BUCKET),
+            timeout,
+        );
         let presence = Arc::new(Presence::new(kv, kv_reader, name.clone()));
         let limits = Limits {
             max_text_bytes: config.max_text_bytes,
@@ -162,7 +171,13 @@ impl Node {
     }
 
     /// Publish an ephemeral room event (not stored) to every edge with members.
-    pub async fn publish_event(&self, live_subject: &str, kind: &str, user_token: &str, frame: Bytes) {
+    pub async fn publish_event(
+        &self,
+        live_subject: &str,
+        kind: &str,
+        user_token: &str,
+        frame: Bytes,
+    ) {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(subjects::HDR_EVENT, kind);
         headers.insert(subjects::HDR_USER, user_token);
@@ -190,7 +205,8 @@ impl Node {
 
     /// Whether this edge should get new clients.
     pub fn is_ready(&self) -> bool {
-        !self.is_draining() && self.nats.connection_state() == async_nats::connection::State::Connected
+        !self.is_draining()
+            && self.nats.connection_state() == async_nats::connection::State::Connected
     }
 
     /// Fail readiness and ask every client to move.

@@ -90,7 +90,11 @@ impl Presence {
             match self.kv.create(&key, value.clone()).await {
                 Ok(revision) => {
                     self.remember(&key, revision, value, &holder.session_id, outbox);
-                    return Ok(Claimed { key, revision, replaced: None });
+                    return Ok(Claimed {
+                        key,
+                        revision,
+                        replaced: None,
+                    });
                 }
                 Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
                 Err(e) => return Err(unavailable(&e)),
@@ -112,13 +116,19 @@ impl Presence {
                 Ok(revision) => {
                     self.remember(&key, revision, value, &holder.session_id, outbox);
                     let replaced = previous.filter(|p| p.session_id != holder.session_id);
-                    return Ok(Claimed { key, revision, replaced });
+                    return Ok(Claimed {
+                        key,
+                        revision,
+                        replaced,
+                    });
                 }
                 Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
                 Err(e) => return Err(unavailable(&e)),
             }
         }
-        Err(PresenceError::Unavailable("the name is changing hands too fast; retry".into()))
+        Err(PresenceError::Unavailable(
+            "the name is changing hands too fast; retry".into(),
+        ))
     }
 
     fn remember(&self, key: &str, revision: u64, value: Bytes, session_id: &str, outbox: &Outbox) {
@@ -187,11 +197,17 @@ impl Presence {
         };
         for chunk in snapshot.chunks(256) {
             let futs = chunk.iter().map(|(key, rev, value, sid)| async move {
-                (key, sid, self.refresh_one(key, *rev, value.clone(), sid).await)
+                (
+                    key,
+                    sid,
+                    self.refresh_one(key, *rev, value.clone(), sid).await,
+                )
             });
             for (key, sid, outcome) in futures_util::future::join_all(futs).await {
                 let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
-                let Some(c) = claims.get_mut(key.as_str()) else { continue };
+                let Some(c) = claims.get_mut(key.as_str()) else {
+                    continue;
+                };
                 if c.session_id != *sid {
                     continue;
                 }
@@ -208,7 +224,13 @@ impl Presence {
         }
     }
 
-    async fn refresh_one(&self, key: &str, revision: u64, value: Bytes, session_id: &str) -> Refresh {
+    async fn refresh_one(
+        &self,
+        key: &str,
+        revision: u64,
+        value: Bytes,
+        session_id: &str,
+    ) -> Refresh {
         match self.kv.update(key, value.clone(), revision).await {
             Ok(rev) => return Refresh::Kept(rev),
             Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {}

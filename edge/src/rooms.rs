@@ -127,7 +127,9 @@ impl Room {
     /// End a member's catch-up: flush what arrived after its seam, then deliver live.
     pub fn go_live(&self, id: u64, metrics: &Metrics) {
         let mut st = self.lock();
-        let Some(m) = st.members.get_mut(&id) else { return };
+        let Some(m) = st.members.get_mut(&id) else {
+            return;
+        };
         for f in m.buffer.take().unwrap_or_default() {
             if m.outbox.offer(f) != Offer::Queued {
                 break;
@@ -218,8 +220,12 @@ impl Room {
                 .range(&self.subject, next, Some(to), 512)
                 .await
                 .map_err(|e| e.to_string())?;
-            let Some(last) = msgs.last().map(|m| m.seq) else { return Ok(()) };
-            node.metrics.gap_messages_repaired.fetch_add(msgs.len() as u64, Relaxed);
+            let Some(last) = msgs.last().map(|m| m.seq) else {
+                return Ok(());
+            };
+            node.metrics
+                .gap_messages_repaired
+                .fetch_add(msgs.len() as u64, Relaxed);
             for m in msgs {
                 self.deliver(m.seq, &m.payload, node, m.time.as_deref());
             }
@@ -254,7 +260,9 @@ impl Room {
     async fn on_live(&self, node: &Node, msg: Message) {
         let headers = msg.headers.unwrap_or_default();
         if let Some(kind) = headers.get(subjects::HDR_EVENT) {
-            let skip = headers.get(subjects::HDR_USER).map(|v| v.as_str().to_owned());
+            let skip = headers
+                .get(subjects::HDR_USER)
+                .map(|v| v.as_str().to_owned());
             debug!(event = kind.as_str(), "room event");
             self.broadcast_event(msg.payload, skip.as_deref(), &node.metrics);
             return;
@@ -271,14 +279,20 @@ impl Room {
         if prev > last && !self.catch_up_to(node, prev).await {
             self.resync_all();
         }
-        let stamp = headers.get(subjects::HDR_TIME_STAMP).map(|v| v.as_str().to_owned());
+        let stamp = headers
+            .get(subjects::HDR_TIME_STAMP)
+            .map(|v| v.as_str().to_owned());
         self.deliver(seq, &msg.payload, node, stamp.as_deref());
     }
 
     async fn check_tail(&self, node: &Node) {
         match node.reader.last_seq(&self.subject).await {
             Ok(tail) if tail > self.last_seq() => {
-                info!(tail, last = self.last_seq(), "room behind the stream; repairing");
+                info!(
+                    tail,
+                    last = self.last_seq(),
+                    "room behind the stream; repairing"
+                );
                 if !self.catch_up_to(node, tail).await {
                     self.resync_all();
                 }
@@ -313,7 +327,8 @@ fn header_u64(h: &HeaderMap, name: &str) -> Option<u64> {
 }
 
 fn lag_since(stamp: &str) -> Option<Duration> {
-    let t = time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339).ok()?;
+    let t =
+        time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339).ok()?;
     let d = time::OffsetDateTime::now_utc() - t;
     d.try_into().ok()
 }
@@ -362,7 +377,11 @@ impl Rooms {
             }
             if let Some(seam) = room.add_member(member_id, outbox.clone(), user_token.clone()) {
                 node.metrics.members.fetch_add(1, Relaxed);
-                return Ok(Membership { room, member_id, seam });
+                return Ok(Membership {
+                    room,
+                    member_id,
+                    seam,
+                });
             }
         }
         Err(RoomError::Subscribe("the room kept closing; retry".into()))

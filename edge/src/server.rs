@@ -1,8 +1,8 @@
 //! The HTTP side of the edge: `/chat` (WebSocket upgrade), `/healthz`, `/readyz`,
 //! `/metrics`, 404 for anything else; and the SIGTERM drain.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -31,7 +31,11 @@ pub fn router(node: Arc<Node>) -> Router {
 async fn chat(State(node): State<Arc<Node>>, upgrade: IncomingUpgrade) -> Response {
     if node.is_draining() {
         Metrics::inc(&node.metrics.connections_rejected);
-        return (StatusCode::SERVICE_UNAVAILABLE, "draining: connect to another edge").into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining: connect to another edge",
+        )
+            .into_response();
     }
     let Ok(permit) = node.connections.clone().try_acquire_owned() else {
         Metrics::inc(&node.metrics.connections_rejected);
@@ -80,7 +84,10 @@ pub async fn drain(node: &Node, timeout: Duration) {
     }
     let left = node.sessions.all();
     if !left.is_empty() {
-        info!(sessions = left.len(), "closing sessions still open at the drain deadline");
+        info!(
+            sessions = left.len(),
+            "closing sessions still open at the drain deadline"
+        );
         for o in left {
             o.close(CloseReason::Shutdown);
         }
@@ -88,5 +95,8 @@ pub async fn drain(node: &Node, timeout: Duration) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    info!(remaining = node.metrics.connections.load(Relaxed), "drained");
+    info!(
+        remaining = node.metrics.connections.load(Relaxed),
+        "drained"
+    );
 }

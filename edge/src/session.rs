@@ -7,8 +7,8 @@
 //! small control channel.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::message::PublishMessage;
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite};
+use fastwebsockets::{
+    Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite,
+};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use natter_nats::subjects;
@@ -45,7 +47,11 @@ type Writer = WebSocketWrite<BufWriter<WriteHalf<Io>>>;
 struct SharedRead(Arc<Mutex<ReadHalf<Io>>>);
 
 impl AsyncRead for SharedRead {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         // Never contended: only one task reads at a time; the lock is not held across polls.
         let mut inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
         Pin::new(&mut *inner).poll_read(cx, buf)
@@ -148,7 +154,17 @@ async fn run(node: Arc<Node>, ws: WebSocket<Io>, id: String, _permit: OwnedSemap
     let mut close_watch = outbox.watch();
     let session = Session::new(node.clone(), id.clone(), outbox.clone(), shared.clone());
     let mut reader = tokio::spawn(session.read_loop(rd, ctl_tx).in_current_span());
-    let mut writer = tokio::spawn(write_loop(node.clone(), wr, frames_rx, ctl_rx, signal_rx, shared.clone()).in_current_span());
+    let mut writer = tokio::spawn(
+        write_loop(
+            node.clone(),
+            wr,
+            frames_rx,
+            ctl_rx,
+            signal_rx,
+            shared.clone(),
+        )
+        .in_current_span(),
+    );
 
     tokio::select! {
         end = &mut reader => {
@@ -224,7 +240,8 @@ async fn announce_left(node: &Node, j: &Joined) {
                "roomName": room.name, "userName": j.user_name,
                "uuid": uuid::Uuid::new_v4().to_string()}),
     );
-    node.publish_event(&room.live_subject, "userLeft", &j.user_token, note).await;
+    node.publish_event(&room.live_subject, "userLeft", &j.user_token, note)
+        .await;
 }
 
 /// Why the reader stopped.
@@ -318,7 +335,11 @@ async fn write_loop(
 }
 
 async fn write_reconnect(node: &Node, wr: &mut Writer, reason: &str) -> Result<(), WebSocketError> {
-    let f = frame::server_request("reconnect", json!({"reason": reason}), node.next_request_id());
+    let f = frame::server_request(
+        "reconnect",
+        json!({"reason": reason}),
+        node.next_request_id(),
+    );
     wr.write_frame(Frame::text(Payload::Borrowed(&f))).await
 }
 
@@ -342,7 +363,8 @@ impl RateLimit {
 
     fn take(&mut self) -> bool {
         let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
         self.last = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -422,7 +444,9 @@ impl Session {
                     continue;
                 }
                 OpCode::Continuation => {
-                    let Some((op, mut buf)) = partial.take() else { return ReadEnd::Failed };
+                    let Some((op, mut buf)) = partial.take() else {
+                        return ReadEnd::Failed;
+                    };
                     if buf.len() + frame.payload.len() > max {
                         return ReadEnd::TooLarge;
                     }
@@ -436,8 +460,14 @@ impl Session {
                 OpCode::Ping | OpCode::Pong => continue,
             };
             if opcode == OpCode::Binary {
-                self.reply_error(None, RpcError::new(ErrorCode::Parse, "binary frames are not accepted; send JSON text"))
-                    .await;
+                self.reply_error(
+                    None,
+                    RpcError::new(
+                        ErrorCode::Parse,
+                        "binary frames are not accepted; send JSON text",
+                    ),
+                )
+                .await;
                 continue;
             }
             if !self.handle(&data).await {
@@ -458,7 +488,13 @@ impl Session {
         if !self.rate.take() {
             Metrics::inc(&self.node.metrics.rate_limited);
             return self
-                .reply_error(req.id.as_ref(), RpcError::new(ErrorCode::RateLimited, "rate limited: slow down; nothing was published"))
+                .reply_error(
+                    req.id.as_ref(),
+                    RpcError::new(
+                        ErrorCode::RateLimited,
+                        "rate limited: slow down; nothing was published",
+                    ),
+                )
                 .await;
         }
         let id = req.id;
@@ -483,12 +519,19 @@ impl Session {
     }
 
     fn not_joined(room: &str) -> RpcError {
-        RpcError::new(ErrorCode::NotJoined, format!("room {room:?} is not joined on this socket"))
+        RpcError::new(
+            ErrorCode::NotJoined,
+            format!("room {room:?} is not joined on this socket"),
+        )
     }
 
     async fn join(&mut self, id: Option<Value>, j: Join, reconnect: bool) -> bool {
         let node = self.node.clone();
-        let failed = if reconnect { ErrorCode::ReconnectFailed } else { ErrorCode::Unavailable };
+        let failed = if reconnect {
+            ErrorCode::ReconnectFailed
+        } else {
+            ErrorCode::Unavailable
+        };
         let id = id.as_ref();
         // Joining a room this socket is already in (same user) restarts its catch-up.
         let existing = self.shared.joined().remove(&j.room_name);
@@ -496,7 +539,13 @@ impl Session {
             if e.user_id != j.user_id {
                 self.shared.joined().insert(j.room_name.clone(), e);
                 return self
-                    .reply_error(id, RpcError::new(ErrorCode::Unauthorized, "this socket is in the room as another userId"))
+                    .reply_error(
+                        id,
+                        RpcError::new(
+                            ErrorCode::Unauthorized,
+                            "this socket is in the room as another userId",
+                        ),
+                    )
                     .await;
             }
             node.rooms.leave(&e.membership, &node.metrics);
@@ -508,7 +557,10 @@ impl Session {
             return self
                 .reply_error(
                     id,
-                    RpcError::invalid(format!("too many rooms on this socket (limit {})", node.config.max_rooms_per_socket)),
+                    RpcError::invalid(format!(
+                        "too many rooms on this socket (limit {})",
+                        node.config.max_rooms_per_socket
+                    )),
                 )
                 .await;
         }
@@ -520,15 +572,26 @@ impl Session {
             session_id: self.id.clone(),
             node: node.name.clone(),
         };
-        let claimed = match node.presence.claim(&room_token, &user_token, holder, &self.outbox).await {
+        let claimed = match node
+            .presence
+            .claim(&room_token, &user_token, holder, &self.outbox)
+            .await
+        {
             Ok(c) => c,
             Err(PresenceError::Taken) => {
-                let msg = format!("user name {:?} is already taken in room {:?}", j.user_name, j.room_name);
-                return self.reply_error(id, RpcError::new(ErrorCode::NameTaken, msg)).await;
+                let msg = format!(
+                    "user name {:?} is already taken in room {:?}",
+                    j.user_name, j.room_name
+                );
+                return self
+                    .reply_error(id, RpcError::new(ErrorCode::NameTaken, msg))
+                    .await;
             }
             Err(e @ PresenceError::Unavailable(_)) => {
                 warn!(error = %e, "join failed");
-                return self.reply_error(id, RpcError::new(failed, format!("{e}; retry"))).await;
+                return self
+                    .reply_error(id, RpcError::new(failed, format!("{e}; retry")))
+                    .await;
             }
         };
         if let Some(old) = &claimed.replaced {
@@ -538,14 +601,22 @@ impl Session {
         let member_id = node.next_member_id();
         let membership = match node
             .rooms
-            .join(&node, &j.room_name, member_id, self.outbox.clone(), user_token.clone())
+            .join(
+                &node,
+                &j.room_name,
+                member_id,
+                self.outbox.clone(),
+                user_token.clone(),
+            )
             .await
         {
             Ok(m) => m,
             Err(e) => {
                 warn!(error = %e, "join failed");
                 node.presence.release(&claimed.key, &self.id).await;
-                return self.reply_error(id, RpcError::new(failed, format!("{e}; retry"))).await;
+                return self
+                    .reply_error(id, RpcError::new(failed, format!("{e}; retry")))
+                    .await;
             }
         };
         let room = membership.room.clone();
@@ -589,7 +660,8 @@ impl Session {
                        "roomName": j.room_name, "userName": j.user_name,
                        "uuid": uuid::Uuid::new_v4().to_string()}),
             );
-            node.publish_event(&room.live_subject, "newUser", &user_token, note).await;
+            node.publish_event(&room.live_subject, "newUser", &user_token, note)
+                .await;
         }
         true
     }
@@ -600,11 +672,16 @@ impl Session {
             let joined = self.shared.joined();
             match joined.get(&t.room_name) {
                 None => Err(Self::not_joined(&t.room_name)),
-                Some(j) if j.user_id != t.user_id || j.user_name != t.user_name => Err(RpcError::new(
-                    ErrorCode::Unauthorized,
-                    "userId/userName do not match the ones this socket joined with",
+                Some(j) if j.user_id != t.user_id || j.user_name != t.user_name => {
+                    Err(RpcError::new(
+                        ErrorCode::Unauthorized,
+                        "userId/userName do not match the ones this socket joined with",
+                    ))
+                }
+                Some(j) => Ok((
+                    j.membership.room.subject.clone(),
+                    j.membership.room.token.clone(),
                 )),
-                Some(j) => Ok((j.membership.room.subject.clone(), j.membership.room.token.clone())),
             }
         };
         let (subject, room_token) = match target {
@@ -644,15 +721,21 @@ impl Session {
     async fn typing(&mut self, id: Option<Value>, room: &str) -> bool {
         let target = {
             let joined = self.shared.joined();
-            joined
-                .get(room)
-                .map(|j| (j.membership.room.live_subject.clone(), j.user_token.clone(), j.user_name.clone()))
+            joined.get(room).map(|j| {
+                (
+                    j.membership.room.live_subject.clone(),
+                    j.user_token.clone(),
+                    j.user_name.clone(),
+                )
+            })
         };
         let Some((live, user_token, user_name)) = target else {
             return self.reply_error(id.as_ref(), Self::not_joined(room)).await;
         };
         let note = frame::notification("typing", json!({"roomName": room, "userName": user_name}));
-        self.node.publish_event(&live, "typing", &user_token, note).await;
+        self.node
+            .publish_event(&live, "typing", &user_token, note)
+            .await;
         match id {
             Some(id) => self.reply(Some(&id), json!("OK")).await,
             None => true,
@@ -660,24 +743,39 @@ impl Session {
     }
 
     async fn history(&mut self, id: Option<Value>, g: GetHistory) -> bool {
-        let room = self.shared.joined().get(&g.room_name).map(|j| j.membership.room.clone());
+        let room = self
+            .shared
+            .joined()
+            .get(&g.room_name)
+            .map(|j| j.membership.room.clone());
         let Some(room) = room else {
-            return self.reply_error(id.as_ref(), Self::not_joined(&g.room_name)).await;
+            return self
+                .reply_error(id.as_ref(), Self::not_joined(&g.room_name))
+                .await;
         };
         let limit = g.limit.unwrap_or(self.node.config.history_page).max(1) as usize;
         match catchup::history_page(&self.node, &room, id.as_ref(), g.before, limit).await {
             Ok(f) => self.outbox.send(f).await,
             Err(e) => {
                 warn!(error = %e, "getHistory failed");
-                self.reply_error(id.as_ref(), RpcError::new(ErrorCode::Unavailable, "history temporarily unavailable; retry"))
-                    .await
+                self.reply_error(
+                    id.as_ref(),
+                    RpcError::new(
+                        ErrorCode::Unavailable,
+                        "history temporarily unavailable; retry",
+                    ),
+                )
+                .await
             }
         }
     }
 }
 
 fn unavailable() -> RpcError {
-    RpcError::new(ErrorCode::Unavailable, "temporarily unavailable: the message was not stored; retry with the same uuid")
+    RpcError::new(
+        ErrorCode::Unavailable,
+        "temporarily unavailable: the message was not stored; retry with the same uuid",
+    )
 }
 
 /// Await publish acks in order; a failed one becomes a -32010 for its request.
@@ -688,14 +786,20 @@ async fn await_acks(node: Arc<Node>, outbox: Outbox, mut rx: mpsc::Receiver<Pend
                 node.metrics.publish_latency.observe(p.sent.elapsed());
                 if ack.duplicate {
                     Metrics::inc(&node.metrics.messages_duplicate);
-                    debug!(seq = ack.sequence, "duplicate publish (retry) absorbed by the stream");
+                    debug!(
+                        seq = ack.sequence,
+                        "duplicate publish (retry) absorbed by the stream"
+                    );
                 }
             }
             Err(e) => {
                 warn!(error = %e, "publish not acknowledged");
                 Metrics::inc(&node.metrics.publish_errors);
                 Metrics::inc(&node.metrics.client_errors);
-                if !outbox.send(frame::error(p.id.as_ref(), &unavailable())).await {
+                if !outbox
+                    .send(frame::error(p.id.as_ref(), &unavailable()))
+                    .await
+                {
                     return;
                 }
             }

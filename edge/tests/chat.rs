@@ -18,15 +18,35 @@ async fn two_users_on_two_edges_see_every_message_once_in_the_same_order() {
     let (mut bob, w) = joined(&s.edges[1], "Tests Room", "u-bob", "Bob").await;
     assert_eq!(w["params"]["node"], "edge-1");
     let members = w["params"]["members"].as_array().unwrap().clone();
-    assert!(members.contains(&json!("Ann")) && members.contains(&json!("Bob")), "{members:?}");
+    assert!(
+        members.contains(&json!("Ann")) && members.contains(&json!("Bob")),
+        "{members:?}"
+    );
     // Ann hears that Bob joined.
-    let nu = ann.next_matching(WAIT, |v| v["method"] == "newUser").await.expect("newUser");
+    let nu = ann
+        .next_matching(WAIT, |v| v["method"] == "newUser")
+        .await
+        .expect("newUser");
     assert_eq!(nu["params"]["userName"], "Bob");
     assert_eq!(nu["params"]["text"], "Bob has joined the room!");
 
     for i in 0..20 {
-        ann.send_message("Tests Room", "u-ann", "Ann", &format!("a{i}"), &format!("ann-{i}")).await;
-        bob.send_message("Tests Room", "u-bob", "Bob", &format!("b{i}"), &format!("bob-{i}")).await;
+        ann.send_message(
+            "Tests Room",
+            "u-ann",
+            "Ann",
+            &format!("a{i}"),
+            &format!("ann-{i}"),
+        )
+        .await;
+        bob.send_message(
+            "Tests Room",
+            "u-bob",
+            "Bob",
+            &format!("b{i}"),
+            &format!("bob-{i}"),
+        )
+        .await;
     }
     let a = ann.room_messages(40, WAIT).await;
     let b = bob.room_messages(40, WAIT).await;
@@ -99,12 +119,15 @@ async fn a_retried_uuid_is_stored_and_delivered_once() {
     let s = stack(1, &[]).await;
     let (mut ann, _) = joined(&s.edges[0], "r", "u1", "Ann").await;
     let (mut bob, _) = joined(&s.edges[0], "r", "u2", "Bob").await;
-    ann.send_message("r", "u1", "Ann", "hello", "same-uuid").await;
-    ann.send_message("r", "u1", "Ann", "hello", "same-uuid").await;
+    ann.send_message("r", "u1", "Ann", "hello", "same-uuid")
+        .await;
+    ann.send_message("r", "u1", "Ann", "hello", "same-uuid")
+        .await;
     // A retry from another socket of the same user, too.
     let mut ann2 = ChatClient::connect(&s.edges[0].ws_url()).await.unwrap();
     ann2.join("r", "u1", "Ann", None, true).await.unwrap();
-    ann2.send_message("r", "u1", "Ann", "hello", "same-uuid").await;
+    ann2.send_message("r", "u1", "Ann", "hello", "same-uuid")
+        .await;
     ann2.send_message("r", "u1", "Ann", "after", "next").await;
     let got = bob.room_messages(2, WAIT).await;
     assert_eq!(uuids(&got), vec!["same-uuid", "next"]);
@@ -123,7 +146,8 @@ async fn resume_after_a_drop_delivers_exactly_the_missed_messages_while_traffic_
     let (mut ann, _) = joined(&s.edges[0], "r", "u1", "Ann").await;
     let (mut bob, _) = joined(&s.edges[1], "r", "u2", "Bob").await;
     for i in 0..10 {
-        ann.send_message("r", "u1", "Ann", "x", &format!("m{i}")).await;
+        ann.send_message("r", "u1", "Ann", "x", &format!("m{i}"))
+            .await;
     }
     let first = bob.room_messages(10, WAIT).await;
     assert_eq!(first.len(), 10);
@@ -133,7 +157,8 @@ async fn resume_after_a_drop_delivers_exactly_the_missed_messages_while_traffic_
     // Keep sending while Bob is away and while he resumes.
     let sender = tokio::spawn(async move {
         for i in 10..310 {
-            ann.send_message("r", "u1", "Ann", "x", &format!("m{i}")).await;
+            ann.send_message("r", "u1", "Ann", "x", &format!("m{i}"))
+                .await;
             if i % 10 == 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -157,22 +182,42 @@ async fn resume_after_a_drop_delivers_exactly_the_missed_messages_while_traffic_
 
 #[tokio::test]
 async fn join_sends_the_newest_history_and_get_history_pages_back() {
-    let s = stack(1, &["--max-messages-history", "5", "--rate-per-sec", "1000", "--rate-burst", "1000"]).await;
+    let s = stack(
+        1,
+        &[
+            "--max-messages-history",
+            "5",
+            "--rate-per-sec",
+            "1000",
+            "--rate-burst",
+            "1000",
+        ],
+    )
+    .await;
     let (mut ann, _) = joined(&s.edges[0], "r", "u1", "Ann").await;
     for i in 0..12 {
-        ann.send_message("r", "u1", "Ann", "x", &format!("m{i}")).await;
+        ann.send_message("r", "u1", "Ann", "x", &format!("m{i}"))
+            .await;
     }
     let mine = ann.room_messages(12, WAIT).await;
     assert_eq!(mine.len(), 12);
     let (mut bob, w) = joined(&s.edges[0], "r", "u2", "Bob").await;
-    assert_eq!(w["params"]["lastMessageId"], json!(ids(&mine)[11].to_string()));
+    assert_eq!(
+        w["params"]["lastMessageId"],
+        json!(ids(&mine)[11].to_string())
+    );
     let hist = bob.room_messages(5, WAIT).await;
     assert_eq!(uuids(&hist), vec!["m7", "m8", "m9", "m10", "m11"]);
     // Scroll back in pages of 4 from the oldest message shown.
     let mut before = ids(&hist)[0];
     let mut older = Vec::new();
     for _ in 0..5 {
-        let r = bob.call("getHistory", json!({"roomName": "r", "before": before.to_string(), "limit": 4})).await;
+        let r = bob
+            .call(
+                "getHistory",
+                json!({"roomName": "r", "before": before.to_string(), "limit": 4}),
+            )
+            .await;
         let page = r["result"]["messages"].as_array().unwrap().clone();
         older.splice(0..0, page.clone());
         if r["result"]["more"] == false {
@@ -180,7 +225,10 @@ async fn join_sends_the_newest_history_and_get_history_pages_back() {
         }
         before = ids(&page)[0];
     }
-    assert_eq!(uuids(&older), (0..7).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    assert_eq!(
+        uuids(&older),
+        (0..7).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
     let r = bob.call("getHistory", json!({"roomName": "nope"})).await;
     assert_eq!(r["error"]["code"], -32004);
 }
@@ -195,13 +243,41 @@ async fn bad_input_gets_the_documented_error_and_nothing_else() {
     let cases: Vec<(&str, Value, i64)> = vec![
         ("not json", Value::Null, -32700),
         ("[1,2,3]", Value::Null, -32600),
-        (r#"{"jsonrpc":"2.0","method":"textMessage","params":{"roomName":5},"id":1}"#, json!(1), -32600),
-        (r#"{"jsonrpc":"2.0","method":"joinRoom","params":"x","id":2}"#, json!(2), -32600),
-        (r#"{"jsonrpc":"2.0","method":"fly","params":{},"id":"q"}"#, json!("q"), -32002),
-        (r#"{"jsonrpc":"2.0","method":"textMessage","params":{"userId":"u1","userName":"Ann","roomName":"other","text":"hi","uuid":"z1"},"id":4}"#, json!(4), -32004),
-        (r#"{"jsonrpc":"2.0","method":"textMessage","params":{"userId":"u9","userName":"Ann","roomName":"r","text":"hi","uuid":"z2"},"id":5}"#, json!(5), -32007),
-        (r#"{"jsonrpc":"2.0","method":"leaveRoom","params":{"roomName":"other"},"id":6}"#, json!(6), -32004),
-        (r#"{"jsonrpc":"2.0","method":"typing","params":{"roomName":"other"},"id":7}"#, json!(7), -32004),
+        (
+            r#"{"jsonrpc":"2.0","method":"textMessage","params":{"roomName":5},"id":1}"#,
+            json!(1),
+            -32600,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","method":"joinRoom","params":"x","id":2}"#,
+            json!(2),
+            -32600,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","method":"fly","params":{},"id":"q"}"#,
+            json!("q"),
+            -32002,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","method":"textMessage","params":{"userId":"u1","userName":"Ann","roomName":"other","text":"hi","uuid":"z1"},"id":4}"#,
+            json!(4),
+            -32004,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","method":"textMessage","params":{"userId":"u9","userName":"Ann","roomName":"r","text":"hi","uuid":"z2"},"id":5}"#,
+            json!(5),
+            -32007,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","method":"leaveRoom","params":{"roomName":"other"},"id":6}"#,
+            json!(6),
+            -32004,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","method":"typing","params":{"roomName":"other"},"id":7}"#,
+            json!(7),
+            -32004,
+        ),
     ];
     for (frame, id, code) in &cases {
         c.send_text(frame).await.unwrap();
@@ -216,7 +292,10 @@ async fn bad_input_gets_the_documented_error_and_nothing_else() {
     assert_eq!(c.next_json().await["error"]["code"], -32006);
     c.send_binary(b"\x00\x01").await.unwrap();
     let v = c.next_json().await;
-    assert_eq!((v["error"]["code"].as_i64(), v["id"].is_null()), (Some(-32700), true));
+    assert_eq!(
+        (v["error"]["code"].as_i64(), v["id"].is_null()),
+        (Some(-32700), true)
+    );
     // The socket still works, and nothing was published.
     assert_eq!(c.call("ping", json!({})).await["result"], "pong");
     let leaked = watcher.room_messages(1, Duration::from_millis(500)).await;
@@ -225,7 +304,10 @@ async fn bad_input_gets_the_documented_error_and_nothing_else() {
     assert_eq!(stored, Some(0.0));
 
     // A frame over the limit closes the socket with 1009; others are unaffected.
-    let huge = format!(r#"{{"jsonrpc":"2.0","method":"ping","id":1,"pad":"{}"}}"#, "p".repeat(70 * 1024));
+    let huge = format!(
+        r#"{{"jsonrpc":"2.0","method":"ping","id":1,"pad":"{}"}}"#,
+        "p".repeat(70 * 1024)
+    );
     c.send_text(&huge).await.unwrap();
     let mut code = None;
     for _ in 0..10 {
@@ -247,7 +329,8 @@ async fn rate_limit_refuses_without_publishing() {
     let s = stack(1, &["--rate-per-sec", "1", "--rate-burst", "3"]).await;
     let (mut c, _) = joined(&s.edges[0], "r", "u1", "Ann").await;
     for i in 0..6 {
-        c.send_message("r", "u1", "Ann", "x", &format!("m{i}")).await;
+        c.send_message("r", "u1", "Ann", "x", &format!("m{i}"))
+            .await;
     }
     let mut limited = 0;
     let mut delivered = 0;
@@ -259,7 +342,10 @@ async fn rate_limit_refuses_without_publishing() {
         }
     }
     // The join used one token; a refill during the test may add one.
-    assert!(limited >= 2 && delivered + limited == 6, "limited {limited}, delivered {delivered}");
+    assert!(
+        limited >= 2 && delivered + limited == 6,
+        "limited {limited}, delivered {delivered}"
+    );
 }
 
 #[tokio::test]
@@ -273,7 +359,8 @@ async fn awkward_room_names_are_separate_rooms_and_never_raw_subjects() {
         clients.push((i, *n, a, b));
     }
     for (i, n, a, _) in clients.iter_mut() {
-        a.send_message(n, "u1", "Ann", "hi", &format!("in-{i}")).await;
+        a.send_message(n, "u1", "Ann", "hi", &format!("in-{i}"))
+            .await;
     }
     for (i, n, _, b) in clients.iter_mut() {
         let got = b.room_messages(1, WAIT).await;
@@ -291,7 +378,11 @@ async fn awkward_room_names_are_separate_rooms_and_never_raw_subjects() {
     let mut seen = 0;
     while let Some(Ok((subject, _))) = subjects.next().await {
         let tok = subject.strip_prefix("room.").unwrap();
-        assert!(tok.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "{subject}");
+        assert!(
+            tok.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+            "{subject}"
+        );
         let name = natter_protocol::token::decode(tok).unwrap();
         assert!(names.contains(&name.as_str()), "{name}");
         seen += 1;
@@ -304,22 +395,41 @@ async fn leave_typing_and_departure_notifications() {
     let s = stack(2, &[]).await;
     let (mut ann, _) = joined(&s.edges[0], "r", "u1", "Ann").await;
     let (mut bob, _) = joined(&s.edges[1], "r", "u2", "Bob").await;
-    ann.next_matching(WAIT, |v| v["method"] == "newUser").await.unwrap();
-    assert_eq!(bob.call("typing", json!({"roomName": "r"})).await["result"], "OK");
-    let t = ann.next_matching(WAIT, |v| v["method"] == "typing").await.unwrap();
+    ann.next_matching(WAIT, |v| v["method"] == "newUser")
+        .await
+        .unwrap();
+    assert_eq!(
+        bob.call("typing", json!({"roomName": "r"})).await["result"],
+        "OK"
+    );
+    let t = ann
+        .next_matching(WAIT, |v| v["method"] == "typing")
+        .await
+        .unwrap();
     assert_eq!(t["params"]["userName"], "Bob");
     // The typist does not hear itself.
-    let echo = bob.next_matching(Duration::from_millis(300), |v| v["method"] == "typing").await;
+    let echo = bob
+        .next_matching(Duration::from_millis(300), |v| v["method"] == "typing")
+        .await;
     assert!(echo.is_none());
-    assert_eq!(bob.call("leaveRoom", json!({"roomName": "r"})).await["result"], "OK");
-    let left = ann.next_matching(WAIT, |v| v["method"] == "userLeft").await.unwrap();
+    assert_eq!(
+        bob.call("leaveRoom", json!({"roomName": "r"})).await["result"],
+        "OK"
+    );
+    let left = ann
+        .next_matching(WAIT, |v| v["method"] == "userLeft")
+        .await
+        .unwrap();
     assert_eq!(left["params"]["userName"], "Bob");
     // After leaving, the name is free for someone else.
     let mut carol = ChatClient::connect(&s.edges[0].ws_url()).await.unwrap();
     carol.join("r", "u3", "Bob", None, false).await.unwrap();
     // A client that closes its socket also leaves.
     carol.close().await;
-    let left = ann.next_matching(WAIT, |v| v["method"] == "userLeft").await.unwrap();
+    let left = ann
+        .next_matching(WAIT, |v| v["method"] == "userLeft")
+        .await
+        .unwrap();
     assert_eq!(left["params"]["userName"], "Bob");
     // Unknown paths are 404.
     assert_eq!(s.edges[0].status("/nope").await, Some(404));

@@ -16,7 +16,8 @@ async fn kill_9_of_an_edge_loses_nothing_for_its_clients() {
     let (mut ann, _) = joined(&s.edges[0], "r", "u1", "Ann").await;
     let (mut bob, _) = joined(&s.edges[1], "r", "u2", "Bob").await;
     for i in 0..20 {
-        ann.send_message("r", "u1", "Ann", "x", &format!("m{i}")).await;
+        ann.send_message("r", "u1", "Ann", "x", &format!("m{i}"))
+            .await;
     }
     let seen = bob.room_messages(20, WAIT).await;
     assert_eq!(seen.len(), 20);
@@ -24,21 +25,32 @@ async fn kill_9_of_an_edge_loses_nothing_for_its_clients() {
 
     s.edges[1].proc().kill9();
     let end = bob.next_event(WAIT).await;
-    assert!(matches!(end, Some(Event::Gone(_)) | Some(Event::Close(..)) | None), "{end:?}");
+    assert!(
+        matches!(end, Some(Event::Gone(_)) | Some(Event::Close(..)) | None),
+        "{end:?}"
+    );
     for i in 20..70 {
-        ann.send_message("r", "u1", "Ann", "x", &format!("m{i}")).await;
+        ann.send_message("r", "u1", "Ann", "x", &format!("m{i}"))
+            .await;
     }
     // Bob's client moves to the surviving edge and resumes; the dead edge's claim on
     // "Bob" is taken over by the same userId.
     let mut bob = ChatClient::connect(&s.edges[0].ws_url()).await.unwrap();
     bob.join("r", "u2", "Bob", Some(last), true).await.unwrap();
     for i in 70..80 {
-        ann.send_message("r", "u1", "Ann", "x", &format!("m{i}")).await;
+        ann.send_message("r", "u1", "Ann", "x", &format!("m{i}"))
+            .await;
     }
     let rest = bob.room_messages(60, WAIT).await;
     assert_once_in_order(&rest);
-    assert_eq!(uuids(&rest), (20..80).map(|i| format!("m{i}")).collect::<Vec<_>>());
-    assert!(bob.room_messages(1, Duration::from_millis(300)).await.is_empty());
+    assert_eq!(
+        uuids(&rest),
+        (20..80).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
+    assert!(bob
+        .room_messages(1, Duration::from_millis(300))
+        .await
+        .is_empty());
 }
 
 #[tokio::test]
@@ -53,24 +65,41 @@ async fn sigterm_drains_clients_with_a_reconnect_request_and_exits_in_time() {
 
     let t0 = Instant::now();
     s.edges[1].proc().term();
-    let req = bob.next_matching(WAIT, |v| v["method"] == "reconnect").await.expect("reconnect request");
+    let req = bob
+        .next_matching(WAIT, |v| v["method"] == "reconnect")
+        .await
+        .expect("reconnect request");
     assert!(req["id"].is_number(), "existing clients need an id: {req}");
     assert_eq!(req["params"]["reason"], "draining");
     assert_eq!(s.edges[1].status("/readyz").await, Some(503));
-    assert!(stubborn.next_matching(WAIT, |v| v["method"] == "reconnect").await.is_some());
+    assert!(stubborn
+        .next_matching(WAIT, |v| v["method"] == "reconnect")
+        .await
+        .is_some());
 
     // Messages keep flowing while Bob moves.
     for i in 1..30 {
-        ann.send_message("r", "u1", "Ann", "x", &format!("m{i}")).await;
+        ann.send_message("r", "u1", "Ann", "x", &format!("m{i}"))
+            .await;
     }
     let mut moved = ChatClient::connect(&s.edges[0].ws_url()).await.unwrap();
-    moved.join("r", "u2", "Bob", Some(last), true).await.unwrap();
+    moved
+        .join("r", "u2", "Bob", Some(last), true)
+        .await
+        .unwrap();
     bob.close().await;
     let rest = moved.room_messages(29, WAIT).await;
     assert_once_in_order(&rest);
-    assert_eq!(uuids(&rest), (1..30).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    assert_eq!(
+        uuids(&rest),
+        (1..30).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
 
-    let status = s.edges[1].proc().wait_exit(Duration::from_secs(10)).await.expect("edge exited");
+    let status = s.edges[1]
+        .proc()
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("edge exited");
     let took = t0.elapsed();
     assert!(status.success(), "{status:?}");
     // Drain timeout is 4 s; allow scheduling slack but not a second timeout's worth.
@@ -78,7 +107,8 @@ async fn sigterm_drains_clients_with_a_reconnect_request_and_exits_in_time() {
     // The stubborn client was closed by the deadline.
     let end = stubborn.drain(Duration::from_secs(2)).await;
     assert!(
-        end.iter().any(|e| matches!(e, Event::Close(1001, _) | Event::Gone(_))),
+        end.iter()
+            .any(|e| matches!(e, Event::Close(1001, _) | Event::Gone(_))),
         "{end:?}"
     );
 }
@@ -118,7 +148,16 @@ async fn stalled_client(addr: std::net::SocketAddr, room: &str) -> tokio::net::T
 async fn a_client_that_stops_reading_is_disconnected_and_the_room_keeps_flowing() {
     let s = stack(
         1,
-        &["--outbound-queue", "128", "--rate-per-sec", "100000", "--rate-burst", "100000", "--max-text-bytes", "16384"],
+        &[
+            "--outbound-queue",
+            "128",
+            "--rate-per-sec",
+            "100000",
+            "--rate-burst",
+            "100000",
+            "--max-text-bytes",
+            "16384",
+        ],
     )
     .await;
     let (mut ann, _) = joined(&s.edges[0], "r", "u1", "Ann").await;
@@ -132,7 +171,8 @@ async fn a_client_that_stops_reading_is_disconnected_and_the_room_keeps_flowing(
         for w in 0..n / 32 + 1 {
             let batch: Vec<usize> = (w * 32..((w + 1) * 32).min(n)).collect();
             for i in &batch {
-                ann.send_message("r", "u1", "Ann", &text, &format!("m{i}")).await;
+                ann.send_message("r", "u1", "Ann", &text, &format!("m{i}"))
+                    .await;
             }
             let echoes = ann.room_messages(batch.len(), WAIT).await;
             assert_eq!(echoes.len(), batch.len(), "sender lost echoes");
@@ -147,10 +187,16 @@ async fn a_client_that_stops_reading_is_disconnected_and_the_room_keeps_flowing(
     // drops it after a grace period).
     let edge = &s.edges[0];
     let kicked = natter_testkit::eventually(WAIT, || async {
-        edge.metric("natter_edge_slow_client_disconnects_total").await == Some(1.0)
+        edge.metric("natter_edge_slow_client_disconnects_total")
+            .await
+            == Some(1.0)
     })
     .await;
-    assert!(kicked, "members now: {:?}", edge.metric("natter_edge_members").await);
+    assert!(
+        kicked,
+        "members now: {:?}",
+        edge.metric("natter_edge_members").await
+    );
     assert_eq!(edge.metric("natter_edge_members").await, Some(2.0));
 }
 
@@ -176,18 +222,29 @@ async fn messages_missed_on_the_live_subject_during_a_nats_restart_are_repaired(
         p.insert("userName".into(), json!("Direct"));
         p.insert("text".into(), json!("x"));
         p.insert("uuid".into(), json!(format!("d{i}")));
-        let body = natter_protocol::frame::stored_message("textMessage", None, p, "2026-01-01T00:00:00Z");
+        let body =
+            natter_protocol::frame::stored_message("textMessage", None, p, "2026-01-01T00:00:00Z");
         let msg = async_nats::jetstream::message::PublishMessage::build()
             .payload(body)
             .message_id(natter_nats::subjects::msg_id(&token, &format!("d{i}")));
-        js.send_publish(natter_nats::subjects::room(&token), msg).await.unwrap().await.unwrap();
+        js.send_publish(natter_nats::subjects::room(&token), msg)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
     }
     let got = bob.room_messages(5, WAIT).await;
-    assert_eq!(uuids(&got), (0..5).map(|i| format!("d{i}")).collect::<Vec<_>>());
+    assert_eq!(
+        uuids(&got),
+        (0..5).map(|i| format!("d{i}")).collect::<Vec<_>>()
+    );
     assert_once_in_order(&got);
     // And live traffic goes on afterwards, still without duplicates.
     ann.send_message("r", "u1", "Ann", "x", "after").await;
     let after = bob.room_messages(1, WAIT).await;
     assert_eq!(uuids(&after), vec!["after"]);
-    assert!(bob.room_messages(1, Duration::from_millis(1500)).await.is_empty());
+    assert!(bob
+        .room_messages(1, Duration::from_millis(1500))
+        .await
+        .is_empty());
 }

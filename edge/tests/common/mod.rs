@@ -43,7 +43,10 @@ pub async fn stack(edges: usize, extra: &[&str]) -> Stack {
 /// Connect to `edge` and join `room`; returns the client and its welcome.
 pub async fn joined(edge: &Service, room: &str, user_id: &str, name: &str) -> (ChatClient, Value) {
     let mut c = ChatClient::connect(&edge.ws_url()).await.expect("connect");
-    let w = c.join(room, user_id, name, None, false).await.expect("join");
+    let w = c
+        .join(room, user_id, name, None, false)
+        .await
+        .expect("join");
     (c, w)
 }
 
@@ -64,5 +67,8 @@ pub fn assert_once_in_order(msgs: &[Value]) {
     let set: HashSet<_> = us.iter().collect();
     assert_eq!(set.len(), us.len(), "a message was delivered twice: {us:?}");
     let is = ids(msgs);
-    assert!(is.windows(2).all(|w| w[0] < w[1]), "_ids not ascending: {is:?}");
+    assert!(
+        is.windows(2).all(|w| w[0] < w[1]),
+        "_ids not ascending: {is:?}"
+    );
 }

@@ -1,1 +1,170 @@
-//! natter filestore (being written).
+//! natter filestore: images and files for chat rooms (see `shared/PROTOCOL.md`, "Filestore
+//! REST API"), wire-compatible with clients of the older GroupChat system.
+//!
+//! - `POST /images` takes an `imageMessage` object with `params.base64ImgString`;
+//!   `GET /images/{uuid}` returns it, image included.
+//! - `POST /files` takes `multipart/form-data` with a `files[]` part and a `message` part (the
+//!   `fileMessage` object); `GET /files/{uuid}` returns the bytes (`Range`, `ETag`).
+//!
+//! Uploads are streamed to a temporary file under limits, committed to the data directory
+//! (a persistent volume several replicas share: [`store`]), and only then announced: the
+//! stored message, payload emptied, is published to the room through JetStream with the
+//! uuid as dedupe key ([`announce`]), so members get it with an `_id` through the edges and
+//! the archiver keeps it. The same uuid uploaded again is stored and announced once.
+//!
+//! Modules: [`config`] (flags and env), [`server`] (routes, CORS, health), [`upload`] and
+//! [`download`] (the REST handlers), [`imagebody`] (streaming parse of image bodies),
+//! [`message`] (the message object), [`names`] (safe `Content-Disposition`), [`store`],
+//! [`announce`], [`metrics`], [`error`].
+
+pub mod announce;
+pub mod config;
+pub mod download;
+pub mod error;
+pub mod imagebody;
+pub mod message;
+pub mod metrics;
+pub mod names;
+pub mod server;
+pub mod store;
+pub mod upload;
+
+use std::future::IntoFuture;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use natter_nats::StreamArgs;
+use tokio::sync::watch;
+
+pub use config::Config;
+
+use crate::announce::Announcer;
+use crate::metrics::Metrics;
+use crate::server::{AppState, Shared};
+use crate::store::Store;
+
+/// Temporary files untouched for this long belong to crashed uploads.
+const TMP_MAX_AGE: Duration = Duration::from_secs(3600);
+/// Pause between attempts to reach NATS at start-up.
+const NATS_RETRY: Duration = Duration::from_secs(2);
+
+/// Why the service could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("data directory {0}: {1}")]
+    DataDir(String, std::io::Error),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(std::net::SocketAddr, std::io::Error),
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Run the filestore until SIGTERM or Ctrl-C.
+pub async fn run(config: Config) -> Result<(), RunError> {
+    let limits = config.limits()?;
+    let store = Store::open(&config.data_dir)
+        .await
+        .map_err(|e| RunError::DataDir(config.data_dir.display().to_string(), e))?;
+    let swept = store.sweep_tmp(TMP_MAX_AGE).await;
+    if swept > 0 {
+        tracing::info!(swept, "removed stale temporary files");
+    }
+    let state: Shared = Arc::new(AppState {
+        store,
+        limits,
+        metrics: Metrics::default(),
+        announcer: OnceLock::new(),
+        draining: AtomicBool::new(false),
+    });
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| RunError::Bind(config.listen, e))?;
+    tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), "filestore listening");
+
+    tokio::spawn(connect_nats(
+        state.clone(),
+        config.nats_url.clone(),
+        config.stream.clone(),
+        config.publish_timeout(),
+    ));
+    tokio::spawn(sweep_periodically(state.clone()));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let st = state.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: readiness off, finishing in-flight requests");
+        st.draining.store(true, Ordering::Relaxed);
+        let _ = stop_tx.send(true);
+    });
+    let server = axum::serve(listener, server::router(state.clone()))
+        .with_graceful_shutdown(stopped(stop_rx.clone()))
+        .into_future();
+    let grace = config.shutdown_grace();
+    tokio::select! {
+        r = server => r.map_err(RunError::Serve)?,
+        () = async { stopped(stop_rx).await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "requests still in flight after the grace period; exiting");
+        }
+    }
+    if let Some(a) = state.announcer.get() {
+        let _ = a.client().flush().await;
+    }
+    tracing::info!("filestore stopped");
+    Ok(())
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Connect to NATS and ensure the CHAT stream, retrying until both work; then uploads can
+/// be announced and `/readyz` turns green.
+async fn connect_nats(state: Shared, url: String, stream: StreamArgs, publish_timeout: Duration) {
+    let client = loop {
+        match natter_nats::connect(&url, "natter-filestore", Duration::from_secs(10)).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!(error = %e, "NATS not reachable yet; retrying");
+                tokio::time::sleep(NATS_RETRY).await;
+            }
+        }
+    };
+    let js = async_nats::jetstream::new(client.clone());
+    while let Err(e) = natter_nats::ensure_chat_stream(&js, &stream).await {
+        tracing::warn!(error = %e, "could not ensure the CHAT stream; retrying");
+        tokio::time::sleep(NATS_RETRY).await;
+    }
+    let _ = state.announcer.set(Announcer::new(client, publish_timeout));
+    tracing::info!("NATS connected and CHAT stream ensured");
+}
+
+async fn sweep_periodically(state: Shared) {
+    let mut tick = tokio::time::interval(TMP_MAX_AGE);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let swept = state.store.sweep_tmp(TMP_MAX_AGE).await;
+        if swept > 0 {
+            tracing::info!(swept, "removed stale temporary files");
+        }
+    }
+}

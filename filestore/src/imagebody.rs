@@ -1,0 +1,673 @@
+//! Streaming parse of a `POST /images` body, so an image is never held whole in memory.
+//!
+//! The body is an `imageMessage` object whose `params.base64ImgString` carries the image,
+//! possibly as a data URL (`data:image/png;base64,...`). [`Splitter`] lexes the body chunk by
+//! chunk and diverts the content of that one string (unescaped) to the caller, keeping the
+//! rest — the *skeleton*, with the string left as `""` — in a small bounded buffer, which is
+//! then parsed and validated as ordinary JSON. The splitter only diverts a string found where a
+//! value of `params.base64ImgString` stands and puts `""` in its place, so the skeleton is
+//! valid JSON exactly when the body is.
+//!
+//! [`Base64Check`] validates the diverted text as it streams (standard alphabet, padding
+//! optional, an optional `data:image/...;base64,` prefix), counts the decoded size against
+//! the limit and keeps the first decoded bytes for recognising the image format.
+
+/// Why a body was refused while streaming.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyError {
+    /// Everything but the image is larger than allowed.
+    SkeletonTooLarge,
+    /// Objects or arrays nested too deep.
+    TooDeep,
+    /// `params.base64ImgString` appears more than once.
+    DuplicatePayload,
+}
+
+/// Why the image text was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Base64Error {
+    /// Not base64 (the message says where and why).
+    Invalid(String),
+    /// A data URL whose media type is not an image.
+    NotImage(String),
+    /// The decoded image exceeds the limit.
+    TooLarge,
+}
+
+const MAX_DEPTH: usize = 32;
+/// Keys are compared raw; longer ones are never the ones we look for.
+const KEY_MAX: usize = 16;
+const PARAMS: &[u8] = b"params";
+const PAYLOAD: &[u8] = b"base64ImgString";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ObjState {
+    Key,
+    Colon,
+    Value,
+    Comma,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    Params,
+    Payload,
+    Other,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Ctx {
+    Obj {
+        state: ObjState,
+        key: KeyKind,
+        is_params: bool,
+    },
+    Arr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Str {
+    Key,
+    Value,
+    Payload,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Esc {
+    None,
+    Backslash,
+    Unicode { digits: u8, value: u32 },
+}
+
+/// Splits an image JSON body into its skeleton and the `base64ImgString` text.
+pub struct Splitter {
+    stack: Vec<Ctx>,
+    string: Option<Str>,
+    esc: Esc,
+    key: [u8; KEY_MAX],
+    key_len: usize,
+    key_long: bool,
+    skeleton: Vec<u8>,
+    skeleton_max: usize,
+    extracted: u32,
+}
+
+/// Byte the unescaper emits for escapes that cannot be base64 (so the check rejects them).
+const NOT_BASE64: u8 = 0xff;
+
+impl Splitter {
+    pub fn new(skeleton_max: usize) -> Splitter {
+        Splitter {
+            stack: Vec::with_capacity(8),
+            string: None,
+            esc: Esc::None,
+            key: [0; KEY_MAX],
+            key_len: 0,
+            key_long: false,
+            skeleton: Vec::with_capacity(1024),
+            skeleton_max,
+            extracted: 0,
+        }
+    }
+
+    /// Lex `chunk`: skeleton bytes are kept, payload bytes appended (unescaped) to `payload`.
+    pub fn feed(&mut self, chunk: &[u8], payload: &mut Vec<u8>) -> Result<(), BodyError> {
+        let mut i = 0;
+        while i < chunk.len() {
+            if self.string == Some(Str::Payload) {
+                // Fast path: copy the run of plain characters at once.
+                if self.esc == Esc::None {
+                    let run = chunk[i..]
+                        .iter()
+                        .position(|b| *b == b'"' || *b == b'\\')
+                        .unwrap_or(chunk.len() - i);
+                    payload.extend_from_slice(&chunk[i..i + run]);
+                    i += run;
+                    if i == chunk.len() {
+                        break;
+                    }
+                }
+                self.payload_byte(chunk[i], payload)?;
+            } else {
+                self.byte(chunk[i])?;
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// The skeleton, once the whole body was fed, and whether the payload was found.
+    pub fn finish(self) -> (Vec<u8>, bool) {
+        (self.skeleton, self.extracted > 0)
+    }
+
+    fn push(&mut self, b: u8) -> Result<(), BodyError> {
+        if self.skeleton.len() >= self.skeleton_max {
+            return Err(BodyError::SkeletonTooLarge);
+        }
+        self.skeleton.push(b);
+        Ok(())
+    }
+
+    fn payload_byte(&mut self, b: u8, out: &mut Vec<u8>) -> Result<(), BodyError> {
+        match self.esc {
+            Esc::None => match b {
+                b'\\' => self.esc = Esc::Backslash,
+                b'"' => {
+                    self.string = None;
+                    self.extracted += 1;
+                    if self.extracted > 1 {
+                        return Err(BodyError::DuplicatePayload);
+                    }
+                    self.push(b'"')?;
+                    self.value_done();
+                }
+                _ => out.push(b),
+            },
+            Esc::Backslash => {
+                self.esc = Esc::None;
+                match b {
+                    b'/' | b'\\' | b'"' => out.push(b),
+                    b'u' => {
+                        self.esc = Esc::Unicode {
+                            digits: 0,
+                            value: 0,
+                        }
+                    }
+                    _ => out.push(NOT_BASE64),
+                }
+            }
+            Esc::Unicode { digits, value } => {
+                let Some(d) = char::from(b).to_digit(16) else {
+                    // Not JSON; the rest of the string is lexed as usual and the check fails.
+                    self.esc = Esc::None;
+                    out.push(NOT_BASE64);
+                    return self.payload_byte(b, out);
+                };
+                let value = value * 16 + d;
+                if digits == 3 {
+                    self.esc = Esc::None;
+                    out.push(
+                        u8::try_from(value)
+                            .ok()
+                            .filter(u8::is_ascii)
+                            .unwrap_or(NOT_BASE64),
+                    );
+                } else {
+                    self.esc = Esc::Unicode {
+                        digits: digits + 1,
+                        value,
+                    };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn byte(&mut self, b: u8) -> Result<(), BodyError> {
+        if let Some(kind) = self.string {
+            self.push(b)?;
+            if self.esc != Esc::None {
+                self.esc = Esc::None;
+            } else if b == b'\\' {
+                self.esc = Esc::Backslash;
+            } else if b == b'"' {
+                self.string = None;
+                match kind {
+                    Str::Key => self.key_done(),
+                    _ => self.value_done(),
+                }
+                return Ok(());
+            }
+            if kind == Str::Key {
+                if self.key_len < KEY_MAX {
+                    self.key[self.key_len] = b;
+                    self.key_len += 1;
+                } else {
+                    self.key_long = true;
+                }
+            }
+            return Ok(());
+        }
+        match b {
+            b'"' => {
+                let role = match self.stack.last() {
+                    Some(Ctx::Obj {
+                        state: ObjState::Key,
+                        ..
+                    }) => Str::Key,
+                    Some(Ctx::Obj {
+                        state: ObjState::Value,
+                        key: KeyKind::Payload,
+                        is_params: true,
+                    }) => Str::Payload,
+                    _ => Str::Value,
+                };
+                self.push(b)?;
+                if role == Str::Key {
+                    self.key_len = 0;
+                    self.key_long = false;
+                }
+                self.string = Some(role);
+            }
+            b'{' => {
+                self.push(b)?;
+                if self.stack.len() >= MAX_DEPTH {
+                    return Err(BodyError::TooDeep);
+                }
+                let is_params = self.stack.len() == 1
+                    && matches!(
+                        self.stack.last(),
+                        Some(Ctx::Obj {
+                            state: ObjState::Value,
+                            key: KeyKind::Params,
+                            ..
+                        })
+                    );
+                self.stack.push(Ctx::Obj {
+                    state: ObjState::Key,
+                    key: KeyKind::Other,
+                    is_params,
+                });
+            }
+            b'[' => {
+                self.push(b)?;
+                if self.stack.len() >= MAX_DEPTH {
+                    return Err(BodyError::TooDeep);
+                }
+                self.stack.push(Ctx::Arr);
+            }
+            b'}' | b']' => {
+                self.push(b)?;
+                self.stack.pop();
+                self.value_done();
+            }
+            b':' => {
+                self.push(b)?;
+                if let Some(Ctx::Obj { state, .. }) = self.stack.last_mut() {
+                    if *state == ObjState::Colon {
+                        *state = ObjState::Value;
+                    }
+                }
+            }
+            b',' => {
+                self.push(b)?;
+                if let Some(Ctx::Obj { state, .. }) = self.stack.last_mut() {
+                    *state = ObjState::Key;
+                }
+            }
+            b' ' | b'\t' | b'\n' | b'\r' => self.push(b)?,
+            _ => {
+                // Numbers and literals.
+                self.push(b)?;
+                self.value_done();
+            }
+        }
+        Ok(())
+    }
+
+    fn key_done(&mut self) {
+        let key = &self.key[..self.key_len];
+        let kind = if self.key_long {
+            KeyKind::Other
+        } else if key == PARAMS {
+            KeyKind::Params
+        } else if key == PAYLOAD {
+            KeyKind::Payload
+        } else {
+            KeyKind::Other
+        };
+        if let Some(Ctx::Obj { state, key, .. }) = self.stack.last_mut() {
+            *state = ObjState::Colon;
+            *key = kind;
+        }
+    }
+
+    fn value_done(&mut self) {
+        if let Some(Ctx::Obj { state, .. }) = self.stack.last_mut() {
+            if *state == ObjState::Value {
+                *state = ObjState::Comma;
+            }
+        }
+    }
+}
+
+/// The longest data URL prefix (`data:<type>;base64,`) accepted.
+const PREFIX_MAX: usize = 128;
+/// Decoded bytes kept for recognising the format.
+pub const HEAD_LEN: usize = 16;
+
+/// Incremental validation of the image text.
+pub struct Base64Check {
+    max_decoded: u64,
+    /// Bytes seen before deciding whether there is a data URL prefix.
+    pending: Vec<u8>,
+    prefix_done: bool,
+    media_type: Option<String>,
+    quad: [u8; 4],
+    qlen: usize,
+    pad: usize,
+    decoded: u64,
+    chars: u64,
+    head: Vec<u8>,
+}
+
+/// What a valid image text turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Base64Summary {
+    /// The media type of a data URL prefix, if there was one.
+    pub media_type: Option<String>,
+    pub decoded_len: u64,
+    /// The first decoded bytes.
+    pub head: Vec<u8>,
+}
+
+fn sextet(b: u8) -> Option<u8> {
+    match b {
+        b'A'..=b'Z' => Some(b - b'A'),
+        b'a'..=b'z' => Some(b - b'a' + 26),
+        b'0'..=b'9' => Some(b - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    }
+}
+
+impl Base64Check {
+    pub fn new(max_decoded: u64) -> Base64Check {
+        Base64Check {
+            max_decoded,
+            pending: Vec::new(),
+            prefix_done: false,
+            media_type: None,
+            quad: [0; 4],
+            qlen: 0,
+            pad: 0,
+            decoded: 0,
+            chars: 0,
+            head: Vec::with_capacity(HEAD_LEN),
+        }
+    }
+
+    /// Check the next piece of text.
+    pub fn push(&mut self, text: &[u8]) -> Result<(), Base64Error> {
+        if self.prefix_done {
+            return self.body(text);
+        }
+        self.pending.extend_from_slice(text);
+        // A data URL starts with "data:" (':' is not base64, so it is unambiguous).
+        let probe = self.pending.len().min(5);
+        if self.pending[..probe] != b"data:"[..probe] {
+            return self.end_prefix(0);
+        }
+        if let Some(comma) = self.pending.iter().position(|b| *b == b',') {
+            let prefix = String::from_utf8_lossy(&self.pending[..comma]).into_owned();
+            self.media_type = Some(parse_data_prefix(&prefix)?);
+            return self.end_prefix(comma + 1);
+        }
+        if self.pending.len() > PREFIX_MAX {
+            return Err(Base64Error::Invalid(
+                "data URL prefix without a comma".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn end_prefix(&mut self, skip: usize) -> Result<(), Base64Error> {
+        self.prefix_done = true;
+        let rest = std::mem::take(&mut self.pending);
+        self.body(&rest[skip.min(rest.len())..])
+    }
+
+    fn body(&mut self, text: &[u8]) -> Result<(), Base64Error> {
+        for &b in text {
+            self.chars += 1;
+            if b == b'=' {
+                self.pad += 1;
+                if self.pad > 2 || self.qlen < 2 || self.qlen + self.pad > 4 {
+                    return Err(self.invalid("misplaced padding"));
+                }
+                continue;
+            }
+            if self.pad > 0 {
+                return Err(self.invalid("data after padding"));
+            }
+            let Some(v) = sextet(b) else {
+                return Err(self.invalid(&format!("byte 0x{b:02x} is not in the base64 alphabet")));
+            };
+            self.quad[self.qlen] = v;
+            self.qlen += 1;
+            if self.qlen == 4 {
+                self.emit(4)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn invalid(&self, why: &str) -> Base64Error {
+        Base64Error::Invalid(format!("{why} (at character {})", self.chars))
+    }
+
+    /// Decode the `n` sextets in `quad` (2, 3 or 4).
+    fn emit(&mut self, n: usize) -> Result<(), Base64Error> {
+        let q = self.quad;
+        let bytes = [
+            (q[0] << 2) | (q[1] >> 4),
+            (q[1] << 4) | (q[2] >> 2),
+            (q[2] << 6) | q[3],
+        ];
+        let out = n - 1;
+        self.decoded += out as u64;
+        if self.decoded > self.max_decoded {
+            return Err(Base64Error::TooLarge);
+        }
+        for b in &bytes[..out] {
+            if self.head.len() < HEAD_LEN {
+                self.head.push(*b);
+            }
+        }
+        self.qlen = 0;
+        self.quad = [0; 4];
+        Ok(())
+    }
+
+    /// The end of the text.
+    pub fn finish(mut self) -> Result<Base64Summary, Base64Error> {
+        if !self.prefix_done {
+            if self.pending.starts_with(b"data:") {
+                return Err(Base64Error::Invalid(
+                    "data URL prefix without a comma".into(),
+                ));
+            }
+            self.end_prefix(0)?;
+        }
+        match (self.qlen, self.pad) {
+            (0, 0) => {}
+            (2, 0) | (2, 2) | (3, 0) | (3, 1) => {
+                let n = self.qlen;
+                self.emit(n)?;
+            }
+            _ => return Err(self.invalid("truncated")),
+        }
+        if self.decoded == 0 {
+            return Err(Base64Error::Invalid("empty image".into()));
+        }
+        Ok(Base64Summary {
+            media_type: self.media_type,
+            decoded_len: self.decoded,
+            head: self.head,
+        })
+    }
+}
+
+/// `data:<type>[;param]*;base64` → the media type (lower-case), which must be an image.
+fn parse_data_prefix(prefix: &str) -> Result<String, Base64Error> {
+    let rest = prefix.strip_prefix("data:").unwrap_or(prefix);
+    let mut parts = rest.split(';');
+    let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    if parts.next_back().map(str::trim) != Some("base64") {
+        return Err(Base64Error::Invalid(
+            "a data URL must end in ;base64,".into(),
+        ));
+    }
+    // The prefix is served back inside a JSON string: nothing that would need escaping.
+    if !prefix
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    {
+        return Err(Base64Error::Invalid(
+            "a data URL prefix must be visible ASCII without quotes".into(),
+        ));
+    }
+    let safe = |c: char| c.is_ascii_alphanumeric() || "!#$&^_.+-/".contains(c);
+    if !media.starts_with("image/") || !media.chars().all(safe) {
+        return Err(Base64Error::NotImage(media.chars().take(64).collect()));
+    }
+    Ok(media)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    /// Feed `body` in chunks of `step` bytes.
+    fn split(body: &[u8], step: usize) -> Result<(Value, Vec<u8>, bool), BodyError> {
+        let mut s = Splitter::new(4096);
+        let mut payload = Vec::new();
+        for c in body.chunks(step.max(1)) {
+            s.feed(c, &mut payload)?;
+        }
+        let (skel, found) = s.finish();
+        let v = serde_json::from_slice(&skel).unwrap_or(Value::Null);
+        Ok((v, payload, found))
+    }
+
+    #[test]
+    fn diverts_only_params_payload() {
+        let body = br#"{"jsonrpc":"2.0","method":"imageMessage","base64ImgString":"top","params":{"x":{"base64ImgString":"nested"},"a":["base64ImgString","}{]["],"base64ImgString":"QUJD\/+==","uuid":"u \"q\" \\"},"id":7}"#;
+        for step in [1, 2, 3, 7, 1000] {
+            let (v, payload, found) = split(body, step).unwrap();
+            assert!(found);
+            assert_eq!(payload, b"QUJD/+==", "step {step}");
+            assert_eq!(v["params"]["base64ImgString"], json!(""));
+            assert_eq!(v["params"]["x"]["base64ImgString"], json!("nested"));
+            assert_eq!(v["base64ImgString"], json!("top"));
+            assert_eq!(v["params"]["uuid"], json!("u \"q\" \\"));
+            assert_eq!(v["id"], json!(7));
+        }
+    }
+
+    #[test]
+    fn payload_first_and_unicode_escapes() {
+        let body = br#" { "params" : { "base64ImgString" : "QU\u004aD" , "k" : 1 } } "#;
+        let (v, payload, found) = split(body, 5).unwrap();
+        assert!(found);
+        assert_eq!(payload, b"QUJD");
+        assert_eq!(v["params"]["k"], json!(1));
+    }
+
+    #[test]
+    fn non_string_payload_stays_in_skeleton() {
+        let (v, payload, found) = split(br#"{"params":{"base64ImgString":12}}"#, 3).unwrap();
+        assert!(!found);
+        assert!(payload.is_empty());
+        assert_eq!(v["params"]["base64ImgString"], json!(12));
+    }
+
+    #[test]
+    fn malformed_bodies_give_malformed_skeletons() {
+        for body in [
+            &br#"{"params":{"base64ImgString" "QUJD"}}"#[..],
+            br#"{"params":{"base64ImgString":"QUJD"}"#,
+            br#"{"params":{"base64ImgString":"QUJD}}"#,
+            b"not json",
+        ] {
+            let (v, _, _) = split(body, 4).unwrap();
+            assert_eq!(v, Value::Null, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn limits() {
+        let body = br#"{"params":{"base64ImgString":"QQ==","base64ImgString":"QQ=="}}"#;
+        assert_eq!(split(body, 100).unwrap_err(), BodyError::DuplicatePayload);
+        let deep = "[".repeat(100);
+        assert_eq!(split(deep.as_bytes(), 100).unwrap_err(), BodyError::TooDeep);
+        let mut s = Splitter::new(10);
+        let big = format!(
+            r#"{{"params":{{"base64ImgString":"{}","x":"0123456789"}}}}"#,
+            "Q".repeat(1000)
+        );
+        assert_eq!(
+            s.feed(big.as_bytes(), &mut Vec::new()),
+            Err(BodyError::SkeletonTooLarge)
+        );
+    }
+
+    fn check(text: &str, step: usize, max: u64) -> Result<Base64Summary, Base64Error> {
+        let mut c = Base64Check::new(max);
+        for part in text.as_bytes().chunks(step.max(1)) {
+            c.push(part)?;
+        }
+        c.finish()
+    }
+
+    #[test]
+    fn base64_forms() {
+        use base64::Engine;
+        let data: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        for len in [1usize, 2, 3, 4, 5, 16, 999, 1000] {
+            let padded = base64::engine::general_purpose::STANDARD.encode(&data[..len]);
+            let unpadded = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&data[..len]);
+            for (text, step) in [(&padded, 1), (&padded, 7), (&unpadded, 3)] {
+                let s = check(text, step, 10_000).unwrap();
+                assert_eq!(s.decoded_len, len as u64, "{text}");
+                assert_eq!(s.head, data[..len.min(HEAD_LEN)].to_vec());
+                assert_eq!(s.media_type, None);
+            }
+        }
+        let s = check("data:image/png;base64,iVBORw0KGgo=", 4, 100).unwrap();
+        assert_eq!(s.media_type.as_deref(), Some("image/png"));
+        assert_eq!(s.head, vec![0x89, b'P', b'N', b'G', 13, 10, 26, 10]);
+        // "data" alone is valid base64.
+        assert_eq!(check("data", 2, 100).unwrap().decoded_len, 3);
+    }
+
+    #[test]
+    fn base64_rejections() {
+        for bad in [
+            "not base64!",
+            "QQ=x",
+            "Q",
+            "QQ===",
+            "QUJD\u{ff}",
+            "=QQQ",
+            "",
+            "data:image/png;base64,",
+        ] {
+            assert!(
+                matches!(check(bad, 2, 100), Err(Base64Error::Invalid(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            check("data:text/html;base64,QQ==", 3, 100),
+            Err(Base64Error::NotImage(_))
+        ));
+        assert!(matches!(
+            check("data:image/png,QQ==", 3, 100),
+            Err(Base64Error::Invalid(_))
+        ));
+        assert!(matches!(
+            check("data:image/png;x=\"a;base64,QQ==", 3, 100),
+            Err(Base64Error::Invalid(_))
+        ));
+        assert!(matches!(
+            check(&format!("data:{}", "a".repeat(300)), 3, 100),
+            Err(Base64Error::Invalid(_))
+        ));
+        assert_eq!(check("QUJDRA==", 3, 3), Err(Base64Error::TooLarge));
+        assert_eq!(check("QUJD", 3, 3).unwrap().decoded_len, 3);
+    }
+}

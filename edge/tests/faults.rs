@@ -248,3 +248,95 @@ async fn messages_missed_on_the_live_subject_during_a_nats_restart_are_repaired(
         .await
         .is_empty());
 }
+
+#[tokio::test]
+async fn an_r3_stream_survives_the_loss_of_a_nats_node() {
+    let mut cluster = natter_testkit::NatsCluster::start(3).await;
+    let url = cluster.url();
+    let mut edges = Vec::new();
+    for i in 0..2 {
+        let args: Vec<String> = vec![
+            "--nats-url".into(),
+            // Each edge prefers a different node but knows them all.
+            format!("{},{}", cluster.nodes[i].url(), url),
+            "--node-name".into(),
+            format!("edge-{i}"),
+            "--stream-replicas".into(),
+            "3".into(),
+            "--tail-check-secs".into(),
+            "1".into(),
+            "--rate-per-sec".into(),
+            "1000".into(),
+            "--rate-burst".into(),
+            "1000".into(),
+        ];
+        edges.push(natter_testkit::Service::start("natter-edge", &args, &[]).await);
+    }
+    let (mut ann, _) = joined(&edges[0], "r", "u1", "Ann").await;
+    let (mut bob, _) = joined(&edges[1], "r", "u2", "Bob").await;
+    for i in 0..20 {
+        ann.send_message("r", "u1", "Ann", "x", &format!("m{i}"))
+            .await;
+    }
+    assert_eq!(bob.room_messages(20, WAIT).await.len(), 20);
+
+    // Lose the stream's leader (possibly the node an edge is connected to): a new leader
+    // is elected from the two that remain, and edges fail over their connections.
+    let leader = {
+        let client = async_nats::connect(cluster.nodes[0].url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream("CHAT").await.unwrap();
+        let info = stream.info().await.unwrap();
+        info.cluster
+            .as_ref()
+            .and_then(|c| c.leader.clone())
+            .expect("stream has a leader")
+    };
+    let idx: usize = leader
+        .trim_start_matches('n')
+        .parse()
+        .expect("leader is n0..n2");
+    cluster.nodes[idx].kill();
+    let mut got = Vec::new();
+    let mut errors = 0;
+    for i in 20..60 {
+        ann.send_message("r", "u1", "Ann", "x", &format!("m{i}"))
+            .await;
+    }
+    // A publish during the leader election may be refused (-32010); the client retries
+    // with the same uuid, as the protocol asks.
+    let mut pending: Vec<String> = (20..60).map(|i| format!("m{i}")).collect();
+    for _round in 0..10 {
+        let mut echoes = Vec::new();
+        while let Some(ev) = ann.next_event(Duration::from_secs(3)).await {
+            match ev {
+                Event::Json(v) if v["error"]["code"] == -32010 => errors += 1,
+                Event::Json(v) if v.get("_id").is_some() => echoes.push(v),
+                _ => {}
+            }
+        }
+        let acked: std::collections::HashSet<String> = uuids(&echoes).into_iter().collect();
+        pending.retain(|u| !acked.contains(u));
+        if pending.is_empty() {
+            break;
+        }
+        for u in &pending {
+            ann.send_message("r", "u1", "Ann", "x", u).await;
+        }
+    }
+    assert!(
+        pending.is_empty(),
+        "never acknowledged: {pending:?} ({errors} refusals)"
+    );
+    got.extend(bob.room_messages(40, WAIT).await);
+    assert_once_in_order(&got);
+    let mut want: Vec<String> = (20..60).map(|i| format!("m{i}")).collect();
+    let mut seen = uuids(&got);
+    want.sort();
+    seen.sort();
+    assert_eq!(seen, want);
+    assert!(bob
+        .room_messages(1, Duration::from_millis(500))
+        .await
+        .is_empty());
+}

@@ -53,13 +53,22 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let req = HistoryRequest { after: Some(5), before: None, limit: 10 };
+        let req = HistoryRequest {
+            after: Some(5),
+            before: None,
+            limit: 10,
+        };
         let s = serde_json::to_string(&req).unwrap();
         assert_eq!(s, r#"{"after":5,"limit":10}"#);
-        let reply: HistoryReply =
-            serde_json::from_str(r#"{"messages":[{"seq":6,"msg":{"jsonrpc":"2.0","params":{"text":"x"}}}],"more":true}"#).unwrap();
+        let reply: HistoryReply = serde_json::from_str(
+            r#"{"messages":[{"seq":6,"msg":{"jsonrpc":"2.0","params":{"text":"x"}}}],"more":true}"#,
+        )
+        .unwrap();
         assert_eq!(reply.messages[0].seq, 6);
-        assert_eq!(reply.messages[0].msg.get(), r#"{"jsonrpc":"2.0","params":{"text":"x"}}"#);
+        assert_eq!(
+            reply.messages[0].msg.get(),
+            r#"{"jsonrpc":"2.0","params":{"text":"x"}}"#
+        );
         assert!(reply.more && reply.error.is_none());
     }
 }

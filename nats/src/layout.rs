@@ -40,7 +40,11 @@ pub struct StreamArgs {
     #[arg(long, env = "NATTER_STREAM_MAX_AGE_SECS", default_value_t = 7 * 24 * 3600)]
     pub stream_max_age_secs: u64,
     /// Messages kept per room in the stream (older ones are served by the archive).
-    #[arg(long, env = "NATTER_STREAM_MAX_MSGS_PER_ROOM", default_value_t = 100_000)]
+    #[arg(
+        long,
+        env = "NATTER_STREAM_MAX_MSGS_PER_ROOM",
+        default_value_t = 100_000
+    )]
     pub stream_max_msgs_per_room: i64,
     /// Bytes kept by the stream in total.
     #[arg(long, env = "NATTER_STREAM_MAX_BYTES", default_value_t = 10 * 1024 * 1024 * 1024)]
@@ -74,7 +78,10 @@ pub fn chat_stream_config(args: &StreamArgs) -> Result<stream::Config, LayoutErr
 
 /// Create or update the CHAT stream. Retries a few times so services racing at start-up
 /// converge instead of failing.
-pub async fn ensure_chat_stream(js: &jetstream::Context, args: &StreamArgs) -> Result<(), LayoutError> {
+pub async fn ensure_chat_stream(
+    js: &jetstream::Context,
+    args: &StreamArgs,
+) -> Result<(), LayoutError> {
     let cfg = chat_stream_config(args)?;
     let mut last_err = String::new();
     for attempt in 0..5u32 {
@@ -91,7 +98,10 @@ pub async fn ensure_chat_stream(js: &jetstream::Context, args: &StreamArgs) -> R
 }
 
 /// Open the presence bucket, creating it when absent.
-pub async fn ensure_presence(js: &jetstream::Context, args: &StreamArgs) -> Result<kv::Store, LayoutError> {
+pub async fn ensure_presence(
+    js: &jetstream::Context,
+    args: &StreamArgs,
+) -> Result<kv::Store, LayoutError> {
     let cfg = kv::Config {
         bucket: PRESENCE_BUCKET.into(),
         description: "natter: user names held per room (<room token>.<user token>)".into(),
@@ -122,7 +132,11 @@ pub async fn ensure_presence(js: &jetstream::Context, args: &StreamArgs) -> Resu
 /// Connect to NATS as `name`: keeps reconnecting forever, logs connection events, and
 /// waits for the first connection up to `first_connect` (services start before NATS is
 /// ready in Kubernetes; the wait keeps a misconfigured URL from hanging silently).
-pub async fn connect(url: &str, name: &str, first_connect: Duration) -> Result<async_nats::Client, LayoutError> {
+pub async fn connect(
+    url: &str,
+    name: &str,
+    first_connect: Duration,
+) -> Result<async_nats::Client, LayoutError> {
     let name_owned = name.to_owned();
     let opts = async_nats::ConnectOptions::new()
         .name(name)
@@ -143,8 +157,15 @@ pub async fn connect(url: &str, name: &str, first_connect: Duration) -> Result<a
                 }
             }
         });
+    let servers = url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| LayoutError::Connect(format!("bad NATS URL {url:?}: {e}")))?;
     let client = opts
-        .connect(url)
+        .connect(servers)
         .await
         .map_err(|e| LayoutError::Connect(e.to_string()))?;
     let deadline = tokio::time::Instant::now() + first_connect;
@@ -178,6 +199,9 @@ mod tests {
         assert_eq!(cfg.max_messages_per_subject, 10);
         assert!(cfg.duplicate_window >= Duration::from_secs(120));
         let rp = cfg.republish.unwrap();
-        assert_eq!((rp.source.as_str(), rp.destination.as_str()), ("room.>", "live.room.>"));
+        assert_eq!(
+            (rp.source.as_str(), rp.destination.as_str()),
+            ("room.>", "live.room.>")
+        );
     }
 }

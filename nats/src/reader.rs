@@ -160,7 +160,12 @@ impl StreamReader {
     /// The newest `n` messages on `subject` with sequence ≤ `up_to`, oldest first, and whether
     /// the stream holds older ones on that subject. Probes backwards in growing windows, so a
     /// busy stream is not read from its start.
-    pub async fn tail(&self, subject: &str, n: usize, up_to: u64) -> Result<(Vec<StoredMessage>, bool), ReadError> {
+    pub async fn tail(
+        &self,
+        subject: &str,
+        n: usize,
+        up_to: u64,
+    ) -> Result<(Vec<StoredMessage>, bool), ReadError> {
         if n == 0 || up_to == 0 {
             return Ok((Vec::new(), false));
         }
@@ -191,7 +196,11 @@ impl StreamReader {
 
     /// The newest message of every subject matching `filter` (e.g. all keys of a KV prefix),
     /// at most `max` of them.
-    pub async fn multi_last(&self, filter: &str, max: usize) -> Result<Vec<StoredMessage>, ReadError> {
+    pub async fn multi_last(
+        &self,
+        filter: &str,
+        max: usize,
+    ) -> Result<Vec<StoredMessage>, ReadError> {
         let req = DirectGetRequest {
             seq: None,
             next_by_subj: None,

@@ -8,9 +8,13 @@ use natter_testkit::NatsServer;
 
 async fn setup() -> (NatsServer, async_nats::Client, jetstream::Context) {
     let nats = NatsServer::start().await;
-    let client = natter_nats::connect(&nats.url(), "test", Duration::from_secs(10)).await.unwrap();
+    let client = natter_nats::connect(&nats.url(), "test", Duration::from_secs(10))
+        .await
+        .unwrap();
     let js = jetstream::new(client.clone());
-    ensure_chat_stream(&js, &StreamArgs::default()).await.unwrap();
+    ensure_chat_stream(&js, &StreamArgs::default())
+        .await
+        .unwrap();
     (nats, client, js)
 }
 
@@ -32,7 +36,10 @@ async fn ranges_and_tails_follow_one_subject() {
         }
     }
     let reader = StreamReader::new(client, subjects::STREAM, Duration::from_secs(5));
-    assert_eq!(reader.last_seq("room.a").await.unwrap(), *a_seqs.last().unwrap());
+    assert_eq!(
+        reader.last_seq("room.a").await.unwrap(),
+        *a_seqs.last().unwrap()
+    );
     assert_eq!(reader.last_seq("room.none").await.unwrap(), 0);
 
     // Everything, across several batches.
@@ -41,17 +48,29 @@ async fn ranges_and_tails_follow_one_subject() {
     assert!(all.iter().all(|m| m.subject == "room.a"));
 
     // A bounded middle range.
-    let mid = reader.range("room.a", a_seqs[10], Some(a_seqs[20]), usize::MAX).await.unwrap();
-    assert_eq!(mid.iter().map(|m| m.seq).collect::<Vec<_>>(), a_seqs[10..=20].to_vec());
+    let mid = reader
+        .range("room.a", a_seqs[10], Some(a_seqs[20]), usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(
+        mid.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        a_seqs[10..=20].to_vec()
+    );
     let capped = reader.range("room.a", a_seqs[10], None, 3).await.unwrap();
     assert_eq!(capped.len(), 3);
 
     // Tails: the newest n up to a point, and whether older ones exist.
     let (tail, more) = reader.tail("room.a", 100, u64::MAX).await.unwrap();
-    assert_eq!(tail.iter().map(|m| m.seq).collect::<Vec<_>>(), a_seqs[a_seqs.len() - 100..].to_vec());
+    assert_eq!(
+        tail.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        a_seqs[a_seqs.len() - 100..].to_vec()
+    );
     assert!(more);
     let (tail, more) = reader.tail("room.a", 10, a_seqs[5]).await.unwrap();
-    assert_eq!(tail.iter().map(|m| m.seq).collect::<Vec<_>>(), a_seqs[..=5].to_vec());
+    assert_eq!(
+        tail.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        a_seqs[..=5].to_vec()
+    );
     assert!(!more);
     let (tail, more) = reader.tail("room.none", 10, u64::MAX).await.unwrap();
     assert!(tail.is_empty() && !more);
@@ -60,18 +79,26 @@ async fn ranges_and_tails_follow_one_subject() {
 #[tokio::test]
 async fn multi_last_lists_current_keys_of_a_prefix() {
     let (_nats, client, js) = setup().await;
-    let kv = natter_nats::ensure_presence(&js, &StreamArgs::default()).await.unwrap();
+    let kv = natter_nats::ensure_presence(&js, &StreamArgs::default())
+        .await
+        .unwrap();
     kv.put("r1.alice", "1".into()).await.unwrap();
     kv.put("r1.bob", "1".into()).await.unwrap();
     kv.put("r1.bob", "2".into()).await.unwrap();
     kv.put("r2.carol", "1".into()).await.unwrap();
     kv.delete("r1.alice").await.unwrap();
     let reader = StreamReader::new(client, "KV_presence", Duration::from_secs(5));
-    let got = reader.multi_last(&subjects::presence_room_filter("r1"), 100).await.unwrap();
+    let got = reader
+        .multi_last(&subjects::presence_room_filter("r1"), 100)
+        .await
+        .unwrap();
     let live: Vec<_> = got
         .iter()
         .filter(|m| m.headers.get("KV-Operation").is_none())
         .map(|m| (m.subject.clone(), m.payload.clone()))
         .collect();
-    assert_eq!(live, vec![("$KV.presence.r1.bob".to_string(), bytes::Bytes::from("2"))]);
+    assert_eq!(
+        live,
+        vec![("$KV.presence.r1.bob".to_string(), bytes::Bytes::from("2"))]
+    );
 }

@@ -8,7 +8,7 @@
 //! - [`catchup`]: history on join, resume after `lastMessageId`, `getHistory`.
 //! - [`presence`]: user names per room in the `presence` KV bucket.
 //! - [`outbox`]: the handle through which rooms reach a socket without waiting on it.
-//! - [`node`]: what all of the above share; [`config`], [`metrics`].
+//! - [`node`]: what all of the above share; [`config`], [`metrics`], [`wbuf`].
 //!
 //! The edge holds no state that matters when it dies: messages live in the stream (and the
 //! archive), names expire from presence, and clients resume by `_id` on another edge.
@@ -22,6 +22,7 @@ pub mod presence;
 pub mod rooms;
 pub mod server;
 pub mod session;
+pub mod wbuf;
 
 use std::sync::Arc;
 

@@ -25,7 +25,7 @@ use natter_nats::subjects;
 use natter_protocol::request::{GetHistory, Join, TextMessage};
 use natter_protocol::{frame, token, Call, ErrorCode, Request, RpcError};
 use serde_json::{json, Value};
-use tokio::io::{AsyncRead, AsyncReadExt, BufWriter, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tracing::{debug, info, warn, Instrument};
 
@@ -35,10 +35,11 @@ use crate::node::Node;
 use crate::outbox::{CloseReason, Outbox, Signal};
 use crate::presence::{Holder, PresenceError};
 use crate::rooms::Membership;
+use crate::wbuf::LazyBufWriter;
 
 type Io = TokioIo<Upgraded>;
 type Reader = WebSocketRead<SharedRead>;
-type Writer = WebSocketWrite<BufWriter<WriteHalf<Io>>>;
+type Writer = WebSocketWrite<LazyBufWriter<WriteHalf<Io>>>;
 
 /// The socket's read half, shared so that the session can still drain it after the reader
 /// gave up (e.g. on an oversized frame): closing a socket with unread input makes the kernel
@@ -144,7 +145,7 @@ async fn run(node: Arc<Node>, ws: WebSocket<Io>, id: String, _permit: OwnedSemap
         let (r, w) = tokio::io::split(s);
         let r = SharedRead(Arc::new(Mutex::new(r)));
         *raw_read.lock().unwrap_or_else(|p| p.into_inner()) = Some(r.clone());
-        (r, BufWriter::with_capacity(16 * 1024, w))
+        (r, LazyBufWriter::new(w))
     });
     let mut raw_read = raw_read.into_inner().unwrap_or_else(|p| p.into_inner());
     rd.set_max_message_size(node.config.max_frame_bytes.saturating_add(1));

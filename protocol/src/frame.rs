@@ -37,7 +37,12 @@ pub fn server_request(method: &str, params: Value, id: u64) -> Bytes {
 
 /// The stored form of a room message: `{"jsonrpc":"2.0","method":M,"params":{..., "ack":true,
 /// "ts":TS},"id":N}`, where `params` are the client's, `ack` and `ts` set by the server.
-pub fn stored_message(method: &str, id: Option<&Value>, mut params: Map<String, Value>, ts: &str) -> Bytes {
+pub fn stored_message(
+    method: &str,
+    id: Option<&Value>,
+    mut params: Map<String, Value>,
+    ts: &str,
+) -> Bytes {
     params.insert("ack".into(), Value::Bool(true));
     params.insert("ts".into(), Value::String(ts.to_owned()));
     let mut obj = Map::with_capacity(4);
@@ -156,12 +161,23 @@ mod tests {
 
     #[test]
     fn responses_echo_ids() {
-        let e = error(Some(&json!("abc")), &RpcError::new(ErrorCode::NotJoined, "nope"));
+        let e = error(
+            Some(&json!("abc")),
+            &RpcError::new(ErrorCode::NotJoined, "nope"),
+        );
         let v: Value = serde_json::from_slice(&e).unwrap();
-        assert_eq!(v, json!({"jsonrpc":"2.0","error":{"code":-32004,"message":"nope"},"id":"abc"}));
+        assert_eq!(
+            v,
+            json!({"jsonrpc":"2.0","error":{"code":-32004,"message":"nope"},"id":"abc"})
+        );
         let r: Value = serde_json::from_slice(&result(None, json!("OK"))).unwrap();
         assert_eq!(r, json!({"jsonrpc":"2.0","result":"OK","id":null}));
-        let s: Value = serde_json::from_slice(&server_request("reconnect", json!({"reason":"draining"}), 3)).unwrap();
+        let s: Value = serde_json::from_slice(&server_request(
+            "reconnect",
+            json!({"reason":"draining"}),
+            3,
+        ))
+        .unwrap();
         assert_eq!(s["id"], json!(3));
     }
 }

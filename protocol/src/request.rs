@@ -242,7 +242,9 @@ fn parse_join(p: &Map<String, Value>) -> Result<Join, RpcError> {
 pub fn message_id(v: &Value) -> Option<u64> {
     match v {
         Value::Number(n) => n.as_u64(),
-        Value::String(s) if !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) => {
+        Value::String(s)
+            if !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) =>
+        {
             s.parse().ok()
         }
         _ => None,
@@ -257,7 +259,11 @@ fn user_id(p: &Map<String, Value>) -> Result<String, RpcError> {
     let id = match p.get("userId") {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
-        _ => return Err(RpcError::invalid("params.userId must be a string or a number")),
+        _ => {
+            return Err(RpcError::invalid(
+                "params.userId must be a string or a number",
+            ))
+        }
     };
     if id.is_empty() || id.len() > USER_ID_MAX {
         return Err(RpcError::invalid(format!(
@@ -318,7 +324,9 @@ mod tests {
     #[test]
     fn text_message_keeps_client_params_but_not_id() {
         let r = parse(r#"{"jsonrpc":"2.0","method":"textMessage","params":{"userId":"u","roomName":"r","userName":"n","text":"hi","ack":false,"uuid":"abc","date":1700000000000,"_id":"9"},"id":3}"#).unwrap();
-        let Call::TextMessage(t) = r.call else { panic!() };
+        let Call::TextMessage(t) = r.call else {
+            panic!()
+        };
         assert_eq!(t.uuid, "abc");
         assert_eq!(t.params.get("date"), Some(&json!(1700000000000u64)));
         assert!(!t.params.contains_key("_id"));
@@ -328,11 +336,29 @@ mod tests {
     fn rejects_with_precise_codes() {
         assert_eq!(code(parse("not json")), (None, -32700));
         assert_eq!(code(parse("[1,2]")), (None, -32600));
-        assert_eq!(code(parse(r#"{"jsonrpc":"1.0","method":"ping","id":1}"#)), (Some(json!(1)), -32600));
-        assert_eq!(code(parse(r#"{"jsonrpc":"2.0","method":5,"id":1}"#)), (Some(json!(1)), -32600));
-        assert_eq!(code(parse(r#"{"jsonrpc":"2.0","method":"nope","id":"a"}"#)), (Some(json!("a")), -32002));
-        assert_eq!(code(parse(r#"{"jsonrpc":"2.0","method":"ping","id":{}}"#)), (None, -32600));
-        assert_eq!(code(parse(r#"{"jsonrpc":"2.0","method":"joinRoom","params":[],"id":1}"#)).1, -32600);
+        assert_eq!(
+            code(parse(r#"{"jsonrpc":"1.0","method":"ping","id":1}"#)),
+            (Some(json!(1)), -32600)
+        );
+        assert_eq!(
+            code(parse(r#"{"jsonrpc":"2.0","method":5,"id":1}"#)),
+            (Some(json!(1)), -32600)
+        );
+        assert_eq!(
+            code(parse(r#"{"jsonrpc":"2.0","method":"nope","id":"a"}"#)),
+            (Some(json!("a")), -32002)
+        );
+        assert_eq!(
+            code(parse(r#"{"jsonrpc":"2.0","method":"ping","id":{}}"#)),
+            (None, -32600)
+        );
+        assert_eq!(
+            code(parse(
+                r#"{"jsonrpc":"2.0","method":"joinRoom","params":[],"id":1}"#
+            ))
+            .1,
+            -32600
+        );
         assert_eq!(code(parse(r#"{"jsonrpc":"2.0","method":"joinRoom","params":{"userId":"u","userName":"","roomName":"r"},"id":1}"#)).1, -32600);
         assert_eq!(code(parse(r#"{"jsonrpc":"2.0","method":"joinRoom","params":{"userId":"u","userName":1,"roomName":"r"},"id":1}"#)).1, -32600);
         let long_room = "r".repeat(ROOM_NAME_MAX + 1);

@@ -71,6 +71,9 @@ mod tests {
         assert_eq!(decode("a.b"), Err(TokenError::NotBase64));
         assert_eq!(decode("a=="), Err(TokenError::NotBase64));
         // 0xff is not UTF-8.
-        assert_eq!(decode(&URL_SAFE_NO_PAD.encode([0xff])), Err(TokenError::NotUtf8));
+        assert_eq!(
+            decode(&URL_SAFE_NO_PAD.encode([0xff])),
+            Err(TokenError::NotUtf8)
+        );
     }
 }

@@ -76,8 +76,13 @@ impl ChatClient {
 
     /// Connect from a given local address (e.g. 127.0.0.2) to get past one source address's
     /// ephemeral ports in large tests.
-    pub async fn connect_from(url: &str, local: Option<std::net::IpAddr>) -> Result<ChatClient, ClientError> {
-        let rest = url.strip_prefix("ws://").ok_or_else(|| ClientError::Url(url.into()))?;
+    pub async fn connect_from(
+        url: &str,
+        local: Option<std::net::IpAddr>,
+    ) -> Result<ChatClient, ClientError> {
+        let rest = url
+            .strip_prefix("ws://")
+            .ok_or_else(|| ClientError::Url(url.into()))?;
         let (host, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -98,7 +103,10 @@ impl ChatClient {
             .header("Host", host)
             .header(UPGRADE, "websocket")
             .header(CONNECTION, "upgrade")
-            .header("Sec-WebSocket-Key", fastwebsockets::handshake::generate_key())
+            .header(
+                "Sec-WebSocket-Key",
+                fastwebsockets::handshake::generate_key(),
+            )
             .header("Sec-WebSocket-Version", "13")
             .body(Empty::<Bytes>::new())
             .map_err(|e| ClientError::Handshake(e.to_string()))?;
@@ -116,16 +124,26 @@ impl ChatClient {
                 async move { w.lock().await.write_frame(owned).await }
             };
             loop {
-                let ev = match rd.read_frame::<_, fastwebsockets::WebSocketError>(&mut send_fn).await {
+                let ev = match rd
+                    .read_frame::<_, fastwebsockets::WebSocketError>(&mut send_fn)
+                    .await
+                {
                     Ok(frame) => match frame.opcode {
                         OpCode::Text => match serde_json::from_slice::<Value>(&frame.payload) {
                             Ok(v) => Event::Json(v),
-                            Err(_) => Event::Text(String::from_utf8_lossy(&frame.payload).into_owned()),
+                            Err(_) => {
+                                Event::Text(String::from_utf8_lossy(&frame.payload).into_owned())
+                            }
                         },
                         OpCode::Close => {
                             let p = &frame.payload[..];
-                            let code = if p.len() >= 2 { u16::from_be_bytes([p[0], p[1]]) } else { 1005 };
-                            let reason = String::from_utf8_lossy(p.get(2..).unwrap_or_default()).into_owned();
+                            let code = if p.len() >= 2 {
+                                u16::from_be_bytes([p[0], p[1]])
+                            } else {
+                                1005
+                            };
+                            let reason = String::from_utf8_lossy(p.get(2..).unwrap_or_default())
+                                .into_owned();
                             let _ = tx.send(Event::Close(code, reason));
                             return;
                         }
@@ -182,7 +200,10 @@ impl ChatClient {
         if let Some(e) = self.pending.pop_front() {
             return Some(e);
         }
-        tokio::time::timeout(timeout, self.events.recv()).await.ok().flatten()
+        tokio::time::timeout(timeout, self.events.recv())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// The next JSON frame; panics on timeout or close.
@@ -194,7 +215,11 @@ impl ChatClient {
     }
 
     /// Skip frames until one satisfies `pred` (up to `timeout`); the skipped ones are dropped.
-    pub async fn next_matching(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+    pub async fn next_matching(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -244,7 +269,10 @@ impl ChatClient {
                     panic!("connection ended waiting for response {id}: {e:?}")
                 }
                 Ok(Some(e)) => held.push_back(e),
-                _ => panic!("no response to request {id} within {:?}; got {held:?}", self.wait),
+                _ => panic!(
+                    "no response to request {id} within {:?}; got {held:?}",
+                    self.wait
+                ),
             }
         }
     }
@@ -263,7 +291,9 @@ impl ChatClient {
         if let Some(l) = last_message_id {
             params["lastMessageId"] = json!(l.to_string());
         }
-        let resp = self.call(if reconnect { "reconnect" } else { "joinRoom" }, params).await;
+        let resp = self
+            .call(if reconnect { "reconnect" } else { "joinRoom" }, params)
+            .await;
         if resp.get("error").is_some() {
             return Err(resp);
         }
@@ -276,7 +306,14 @@ impl ChatClient {
     }
 
     /// Send a `textMessage` (no response is expected on success).
-    pub async fn send_message(&mut self, room: &str, user_id: &str, user_name: &str, text: &str, uuid: &str) {
+    pub async fn send_message(
+        &mut self,
+        room: &str,
+        user_id: &str,
+        user_name: &str,
+        text: &str,
+        uuid: &str,
+    ) {
         let id = self.next_id;
         self.next_id += 1;
         let v = json!({"jsonrpc":"2.0","method":"textMessage","id":id,"params":{
@@ -321,5 +358,8 @@ fn is_response(v: &Value, id: &Value) -> bool {
 
 /// The `_id` of a delivered room message as a number.
 pub fn msg_id(v: &Value) -> u64 {
-    v["_id"].as_str().and_then(|s| s.parse().ok()).expect("message has a numeric _id")
+    v["_id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("message has a numeric _id")
 }

@@ -17,7 +17,10 @@ pub struct Response {
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -26,7 +29,11 @@ impl Response {
 }
 
 /// `GET path` with extra headers.
-pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
+pub async fn get(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<Response> {
     request(addr, "GET", path, headers, &[]).await
 }
 
@@ -38,9 +45,12 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<Response> {
-    tokio::time::timeout(Duration::from_secs(30), request_inner(addr, method, path, headers, body))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "HTTP request timed out"))?
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        request_inner(addr, method, path, headers, body),
+    )
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "HTTP request timed out"))?
 }
 
 async fn request_inner(
@@ -51,7 +61,10 @@ async fn request_inner(
     body: &[u8],
 ) -> std::io::Result<Response> {
     let mut s = TcpStream::connect(addr).await?;
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -91,13 +104,20 @@ fn parse(raw: &[u8]) -> std::io::Result<Response> {
     if chunked {
         body = dechunk(&body)?;
     }
-    Ok(Response { status, headers, body })
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
 }
 
 fn dechunk(mut b: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
     loop {
-        let eol = b.windows(2).position(|w| w == b"\r\n").ok_or_else(|| bad("bad chunk"))?;
+        let eol = b
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or_else(|| bad("bad chunk"))?;
         let size_str = String::from_utf8_lossy(&b[..eol]);
         let size = usize::from_str_radix(size_str.split(';').next().unwrap_or("").trim(), 16)
             .map_err(|_| bad("bad chunk size"))?;

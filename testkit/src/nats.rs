@@ -51,7 +51,13 @@ impl NatsServer {
         Self::launch(dir, conf, port, http_port, 0).await
     }
 
-    async fn launch(dir: TempDir, conf: String, port: u16, http_port: u16, cluster_port: u16) -> NatsServer {
+    async fn launch(
+        dir: TempDir,
+        conf: String,
+        port: u16,
+        http_port: u16,
+        cluster_port: u16,
+    ) -> NatsServer {
         let conf_path = dir.path().join("nats.conf");
         std::fs::write(&conf_path, conf).expect("write nats.conf");
         let proc = Proc::spawn(
@@ -113,7 +119,9 @@ pub struct NatsCluster {
 
 impl NatsCluster {
     pub async fn start(size: usize) -> NatsCluster {
-        let ports: Vec<(u16, u16, u16)> = (0..size).map(|_| (free_port(), free_port(), free_port())).collect();
+        let ports: Vec<(u16, u16, u16)> = (0..size)
+            .map(|_| (free_port(), free_port(), free_port()))
+            .collect();
         let routes = ports
             .iter()
             .map(|(_, _, c)| format!("nats-route://127.0.0.1:{c}"))
@@ -147,13 +155,18 @@ impl NatsCluster {
 
     /// A URL listing every node, for clients that fail over.
     pub fn url(&self) -> String {
-        self.nodes.iter().map(NatsServer::url).collect::<Vec<_>>().join(",")
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
 fn render(template: &str, vars: &[(&str, String)]) -> String {
     let path = workspace_root().join("nats/conf").join(template);
-    let mut s = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let mut s =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     for (k, v) in vars {
         s = s.replace(&format!("{{{{{k}}}}}"), v);
     }

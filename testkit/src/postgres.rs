@@ -27,7 +27,9 @@ pub fn pg_bin_dir() -> Option<PathBuf> {
 }
 
 fn pg_tool(name: &str) -> PathBuf {
-    pg_bin_dir().map(|d| d.join(name)).unwrap_or_else(|| PathBuf::from(name))
+    pg_bin_dir()
+        .map(|d| d.join(name))
+        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 fn is_root() -> bool {
@@ -62,7 +64,16 @@ impl Postgres {
             None => Command::new(pg_tool("initdb")),
         };
         let out = initdb
-            .args(["-D", &data.display().to_string(), "-U", "natter", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .args([
+                "-D",
+                &data.display().to_string(),
+                "-U",
+                "natter",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ])
             .output()
             .expect("run initdb (is PostgreSQL installed? `just tools` installs it)");
         assert!(
@@ -91,7 +102,8 @@ impl Postgres {
             std::fs::write(&log, b"").expect("create log");
             chown_postgres(&log);
         }
-        let proc = Proc::spawn_as("postgres", &pg_tool("postgres"), &args, &[], &log, user).expect("spawn postgres");
+        let proc = Proc::spawn_as("postgres", &pg_tool("postgres"), &args, &[], &log, user)
+            .expect("spawn postgres");
         let pg = Postgres { port, proc, dir };
         pg.wait_ready().await;
         pg
@@ -99,7 +111,11 @@ impl Postgres {
 
     async fn wait_ready(&self) {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        assert!(wait_for_port(addr, WAIT).await, "postgres did not listen:\n{}", self.proc.log());
+        assert!(
+            wait_for_port(addr, WAIT).await,
+            "postgres did not listen:\n{}",
+            self.proc.log()
+        );
         // The port opens slightly before the server accepts logins.
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }

@@ -68,7 +68,10 @@ impl Proc {
             .stdout(out)
             .stderr(err);
         self.child = Some(cmd.spawn().map_err(|e| {
-            std::io::Error::new(e.kind(), format!("spawning {} ({}): {e}", self.name, self.program.display()))
+            std::io::Error::new(
+                e.kind(),
+                format!("spawning {} ({}): {e}", self.name, self.program.display()),
+            )
         })?);
         Ok(())
     }

@@ -12,7 +12,10 @@ use crate::{eventually, free_port, http, WAIT};
 /// Path of a workspace binary next to the running test executable
 /// (`target/<profile>/<name>`); `just test` builds every binary first.
 pub fn bin_path(name: &str) -> PathBuf {
-    if let Ok(p) = std::env::var(format!("NATTER_BIN_{}", name.replace('-', "_").to_uppercase())) {
+    if let Ok(p) = std::env::var(format!(
+        "NATTER_BIN_{}",
+        name.replace('-', "_").to_uppercase()
+    )) {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current exe");
@@ -23,7 +26,11 @@ pub fn bin_path(name: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_default();
     let p = dir.join(name);
-    assert!(p.exists(), "{} not built: run `cargo build --bins` (just test does)", p.display());
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build --bins` (just test does)",
+        p.display()
+    );
     p
 }
 
@@ -56,7 +63,11 @@ impl Service {
             &dir.path().join("service.log"),
         )
         .expect("spawn service");
-        let s = Service { addr, proc, _dir: dir };
+        let s = Service {
+            addr,
+            proc,
+            _dir: dir,
+        };
         s.wait_ready(WAIT).await;
         s
     }
@@ -68,7 +79,12 @@ impl Service {
             matches!(http::get(addr, "/readyz", &[]).await, Ok(r) if r.status == 200)
         })
         .await;
-        assert!(ok, "{} not ready within {timeout:?}:\n{}", self.proc.name(), self.proc.log());
+        assert!(
+            ok,
+            "{} not ready within {timeout:?}:\n{}",
+            self.proc.name(),
+            self.proc.log()
+        );
     }
 
     /// `ws://127.0.0.1:<port>/chat`

@@ -16,6 +16,7 @@ ENTRY_PORT="${NATTER_ENTRY_PORT:-8080}"
 EDGE_PORTS=("${NATTER_EDGE1_PORT:-8081}" "${NATTER_EDGE2_PORT:-8082}")
 FILESTORE_PORT="${NATTER_FILESTORE_PORT:-8090}"
 ARCHIVER_PORT="${NATTER_ARCHIVER_PORT:-8091}"
+WEB_PORT="${NATTER_WEB_PORT:-8079}"
 export RUST_LOG="${RUST_LOG:-info}"
 
 mkdir -p "$DATA/logs" "$DATA/files" "$DATA/nats"
@@ -76,15 +77,18 @@ for i in 0 1; do
   start "edge-$((i+1))" "$BIN/natter-edge" --listen "127.0.0.1:${EDGE_PORTS[$i]}" --nats-url "$NATS_URL" --node-name "edge-$((i+1))"
 done
 start entry python3 scripts/lb.py "$ENTRY_PORT" "${EDGE_PORTS[@]}"
+start web python3 -m http.server --bind 127.0.0.1 --directory web "$WEB_PORT"
 wait_port archiver "$ARCHIVER_PORT"
 wait_port filestore "$FILESTORE_PORT"
 wait_port edge-1 "${EDGE_PORTS[0]}"
 wait_port edge-2 "${EDGE_PORTS[1]}"
 wait_port entry "$ENTRY_PORT"
+wait_port web "$WEB_PORT"
 
 cat <<MSG
 
 natter is up:
+  web client                  http://127.0.0.1:$WEB_PORT/   (open it in two browser windows)
   chat (WebSocket, JSON-RPC)  ws://127.0.0.1:$ENTRY_PORT/chat     (balanced over the two edges)
   edge 1                      ws://127.0.0.1:${EDGE_PORTS[0]}/chat   http://127.0.0.1:${EDGE_PORTS[0]}/metrics
   edge 2                      ws://127.0.0.1:${EDGE_PORTS[1]}/chat   http://127.0.0.1:${EDGE_PORTS[1]}/metrics

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use crate::store::Kind;
 
-/// Labels of `natter_filestore_rejects_total`: every `ApiError::reason` of an upload.
-const REJECT_REASONS: [&str; 14] = [
+/// Labels of `natter_filestore_rejects_total`: every `ApiError::reason` an upload can get.
+const REJECT_REASONS: [&str; 12] = [
     "malformed_json",
     "invalid_message",
     "no_file",
@@ -19,8 +19,6 @@ const REJECT_REASONS: [&str; 14] = [
     "file_name",
     "too_large",
     "conflict",
-    "not_found",
-    "range",
     "aborted",
     "unavailable",
     "storage",

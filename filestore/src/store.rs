@@ -32,6 +32,8 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -111,7 +113,9 @@ pub enum Committed {
 pub struct Store {
     root: PathBuf,
     tmp: PathBuf,
-    probe: PathBuf,
+    /// Prefix of this process's probe files (unique per process, numbered per probe).
+    probe: String,
+    probes: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -122,18 +126,20 @@ impl Store {
         for kind in [Kind::Image, Kind::File] {
             tokio::fs::create_dir_all(root.join(kind.dir())).await?;
         }
-        let probe = tmp.join(format!(".probe-{}", uuid::Uuid::new_v4().simple()));
         Ok(Store {
             root: root.to_owned(),
             tmp,
-            probe,
+            probe: format!(".probe-{}", uuid::Uuid::new_v4().simple()),
+            probes: Arc::new(AtomicU64::new(0)),
         })
     }
 
     /// Whether a file can be written and removed in the directory right now.
     pub async fn writable(&self) -> bool {
-        let ok = tokio::fs::write(&self.probe, b"ok").await.is_ok();
-        let removed = tokio::fs::remove_file(&self.probe).await.is_ok();
+        let n = self.probes.fetch_add(1, Ordering::Relaxed);
+        let path = self.tmp.join(format!("{}-{n}", self.probe));
+        let ok = tokio::fs::write(&path, b"ok").await.is_ok();
+        let removed = tokio::fs::remove_file(&path).await.is_ok();
         ok && removed
     }
 

@@ -64,6 +64,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub db_timeout_ms: u64,
 
+    /// Longest wait for a database connection (from the pool, or a new one), in
+    /// milliseconds; a down database is noticed this fast.
+    #[arg(long, env = "NATTER_ARCHIVER_DB_CONNECT_TIMEOUT_MS", default_value_t = 2_000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub db_connect_timeout_ms: u64,
+
     /// Cap of the exponential backoff between retries of a failed insert, in milliseconds.
     #[arg(long, env = "NATTER_ARCHIVER_RETRY_MAX_MS", default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(10..=600_000))]
@@ -102,6 +108,9 @@ impl Config {
     }
     pub fn db_timeout(&self) -> Duration {
         Duration::from_millis(self.db_timeout_ms)
+    }
+    pub fn db_connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_connect_timeout_ms)
     }
     pub fn retry_max(&self) -> Duration {
         Duration::from_millis(self.retry_max_ms)

@@ -89,7 +89,12 @@ pub async fn run(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let metrics = Arc::new(Metrics::default());
-    let store = Store::new(&cfg.database_url, cfg.db_pool_size, cfg.db_timeout())?;
+    let store = Store::new(
+        &cfg.database_url,
+        cfg.db_pool_size,
+        cfg.db_connect_timeout(),
+        cfg.db_timeout(),
+    )?;
     let shared = Arc::new(Shared {
         metrics: metrics.clone(),
         store: store.clone(),

@@ -103,7 +103,13 @@ pub struct Store {
 
 impl Store {
     /// A lazily connecting pool of at most `pool_size` connections; nothing is contacted yet.
-    pub fn new(url: &str, pool_size: u32, op_timeout: Duration) -> Result<Store, StoreError> {
+    /// `connect_timeout` bounds waiting for a connection, `op_timeout` each operation.
+    pub fn new(
+        url: &str,
+        pool_size: u32,
+        connect_timeout: Duration,
+        op_timeout: Duration,
+    ) -> Result<Store, StoreError> {
         let opts: PgConnectOptions = url
             .parse()
             .map_err(|e: sqlx::Error| StoreError::Config(e.to_string()))?;
@@ -114,7 +120,7 @@ impl Store {
         let pool = PgPoolOptions::new()
             .max_connections(pool_size.max(1))
             .min_connections(0)
-            .acquire_timeout(op_timeout)
+            .acquire_timeout(connect_timeout.min(op_timeout))
             .idle_timeout(Some(Duration::from_secs(300)))
             .connect_lazy_with(opts);
         Ok(Store { pool, op_timeout })

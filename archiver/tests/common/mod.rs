@@ -175,6 +175,24 @@ pub async fn publish_many(js: &jetstream::Context, rooms: &[&str], count: usize)
     sent
 }
 
+/// `publish_many` in chunks of `chunk` with `pause` between them, so that publishing lasts
+/// about `count / chunk * pause` whatever the machine's speed.
+pub async fn publish_paced(
+    js: &jetstream::Context,
+    rooms: &[&str],
+    count: usize,
+    chunk: usize,
+    pause: Duration,
+) -> Vec<Sent> {
+    let mut sent = Vec::with_capacity(count);
+    while sent.len() < count {
+        let n = chunk.min(count - sent.len());
+        sent.extend(publish_many(js, rooms, n).await);
+        tokio::time::sleep(pause).await;
+    }
+    sent
+}
+
 pub async fn count(db: &PgPool) -> i64 {
     sqlx::query("SELECT count(*) AS n FROM messages")
         .fetch_one(db)

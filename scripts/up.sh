@@ -49,10 +49,12 @@ wait_port() { # name port
   exit 1
 }
 
+declare -A names
 start() { # name command...
   local name=$1; shift
   "$@" >>"$LOGS/$name.log" 2>&1 &
   pids+=("$!")
+  names[$!]=$name
 }
 
 echo "natter: data and logs under $DATA"
@@ -100,7 +102,16 @@ natter is up:
 Ctrl-C stops everything.
 MSG
 
-# Exit (and stop the rest) as soon as any component dies.
+# A component that exits (e.g. an edge drained with kill -TERM, to watch its clients move)
+# is reported; the rest keeps running until Ctrl-C or until nothing is left.
 set +e
-wait -n "${pids[@]}"
-echo "natter: a component exited; see $LOGS" >&2
+alive=("${pids[@]}")
+while [ ${#alive[@]} -gt 0 ]; do
+  wait -n -p done_pid "${alive[@]}"
+  status=$?
+  [ -n "${done_pid:-}" ] || break
+  echo "natter: ${names[$done_pid]} exited (status $status); see $LOGS/${names[$done_pid]}.log" >&2
+  next=()
+  for p in "${alive[@]}"; do [ "$p" != "$done_pid" ] && next+=("$p"); done
+  alive=("${next[@]}")
+done

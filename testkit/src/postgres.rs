@@ -1,6 +1,7 @@
 //! A private Postgres cluster for one test: initdb into a temp dir, listen on a free
 //! 127.0.0.1 port, no Unix socket outside the dir. initdb refuses to run as root, so as root
-//! the server runs as the `postgres` user (through `runuser`).
+//! the server runs as the `postgres` user (initdb through `runuser`, the server by uid/gid so
+//! that kill -9 and restart reach the postmaster itself).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -29,7 +29,8 @@ impl Proc {
         Self::spawn_as(name, program, args, envs, log, None)
     }
 
-    /// Like [`Proc::spawn`], run as `user` through `runuser` when given.
+    /// Like [`Proc::spawn`], run as `user` (by uid/gid, so that the handle's pid is the
+    /// program itself and signals reach it) when given.
     pub fn spawn_as(
         name: &str,
         program: &Path,
@@ -54,14 +55,12 @@ impl Proc {
     fn start(&mut self) -> std::io::Result<()> {
         let out = File::options().create(true).append(true).open(&self.log)?;
         let err = out.try_clone()?;
-        let mut cmd = match &self.as_user {
-            Some(user) => {
-                let mut c = Command::new("runuser");
-                c.arg("-u").arg(user).arg("--").arg(&self.program);
-                c
-            }
-            None => Command::new(&self.program),
-        };
+        let mut cmd = Command::new(&self.program);
+        if let Some(user) = &self.as_user {
+            let (uid, gid) = user_ids(user)?;
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(gid);
+        }
         cmd.args(&self.args)
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -141,6 +140,17 @@ impl Proc {
         self.kill9();
         self.start()
     }
+}
+
+/// uid and gid of a local user.
+pub fn user_ids(user: &str) -> std::io::Result<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd")?;
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&user))
+        .and_then(|f| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("no user {user}")))
 }
 
 impl Drop for Proc {

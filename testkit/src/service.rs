@@ -19,13 +19,16 @@ pub fn bin_path(name: &str) -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let p = dir.join(name);
+    // Next to a binary (target/<profile>/<bin>), or one level up from a test executable
+    // (target/<profile>/deps/<test>).
+    let here = exe.parent().map(PathBuf::from).unwrap_or_default();
+    let p = [
+        here.join(name),
+        here.parent().map(|d| d.join(name)).unwrap_or_default(),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .unwrap_or_else(|| here.join(name));
     assert!(
         p.exists(),
         "{} not built: run `cargo build --bins` (just test does)",

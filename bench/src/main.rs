@@ -1,0 +1,94 @@
+//! `natter-bench <scenario>`: see `natter-bench --help` and BENCHMARKS.md.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use natter_bench::{archiver, procs, scenarios};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "natter-bench",
+    version,
+    about = "natter benchmarks, load scenarios and chaos runs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// R rooms × U users, S senders per room at a rate, members spread over the edges.
+    Fanout(scenarios::FanoutArgs),
+    /// One room of thousands of members.
+    BigRoom(scenarios::BigRoomArgs),
+    /// N joined idle connections; edge memory per connection.
+    Idle(scenarios::IdleArgs),
+    /// A member misses M messages and resumes; time to have them all.
+    CatchUp(scenarios::CatchupArgs),
+    /// Thousands of clients lose their edge at once (kill -9) and resume elsewhere.
+    ReconnectStorm(scenarios::StormArgs),
+    /// Steady traffic while edges are killed and drained, the archiver is killed and (with
+    /// --cluster) a NATS node is killed; every acknowledged message checked.
+    Chaos(scenarios::ChaosArgs),
+    /// Archive throughput and lag: publish N stored messages across R rooms and measure
+    /// rows/s written by natter-archiver and publish-ack → row-visible lag.
+    Archiver(archiver::Args),
+}
+
+/// natter binaries used by scenarios; found through `NATTER_BIN_<NAME>` by natter-testkit.
+const BINARIES: &[&str] = &["natter-archiver", "natter-edge", "natter-filestore"];
+
+/// Point natter-testkit at the natter binaries next to this executable, unless already set.
+fn locate_binaries() {
+    let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.to_path_buf()))
+    else {
+        return;
+    };
+    for name in BINARIES {
+        let var = format!("NATTER_BIN_{}", name.replace('-', "_").to_uppercase());
+        let path = dir.join(name);
+        if std::env::var_os(&var).is_none() && path.exists() {
+            // Single-threaded here: no runtime has started yet.
+            std::env::set_var(var, path);
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    locate_binaries();
+    procs::raise_fd_limit();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the tokio runtime")?;
+    rt.block_on(async move {
+        match cli.scenario {
+            Scenario::Fanout(a) => scenarios::fanout("fanout", &a).await.print(a.json),
+            Scenario::BigRoom(a) => {
+                let json = a.json;
+                scenarios::fanout("big-room", &a.into()).await.print(json)
+            }
+            Scenario::Idle(a) => scenarios::idle(&a).await.print(a.json),
+            Scenario::CatchUp(a) => scenarios::catchup(&a).await.print(a.json),
+            Scenario::ReconnectStorm(a) => scenarios::storm(&a).await.print(a.json),
+            Scenario::Chaos(a) => {
+                let out = scenarios::chaos(&a).await;
+                out.report.print(a.json);
+                if out.lost + out.duplicated + out.rows_missing + out.rows_extra > 0 {
+                    anyhow::bail!(
+                        "chaos: {} lost, {} duplicated, {} rows missing, {} rows extra",
+                        out.lost,
+                        out.duplicated,
+                        out.rows_missing,
+                        out.rows_extra
+                    );
+                }
+            }
+            Scenario::Archiver(args) => return archiver::run(args).await,
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,146 @@
+//! The system under test: started here from the workspace's release binaries (real
+//! nats-server, edges, optionally Postgres and the archiver), or given as URLs.
+
+use natter_testkit::{NatsCluster, NatsServer, Postgres, Service};
+
+/// How to build the topology.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TopologyArgs {
+    /// Edges to start.
+    #[arg(long, default_value_t = 2)]
+    pub edges: usize,
+    /// Use a 3-node NATS cluster with an R3 stream instead of one node.
+    #[arg(long)]
+    pub cluster: bool,
+    /// Target these edge WebSocket URLs instead of starting anything (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub target: Vec<String>,
+    /// Extra flags for every edge started.
+    #[arg(long, allow_hyphen_values = true, value_delimiter = ' ')]
+    pub edge_args: Vec<String>,
+}
+
+pub struct Topology {
+    pub nats: Option<NatsServer>,
+    pub cluster: Option<NatsCluster>,
+    pub edges: Vec<Service>,
+    pub postgres: Option<Postgres>,
+    pub archiver: Option<Service>,
+    pub edge_args: Vec<Vec<String>>,
+    target: Vec<String>,
+}
+
+impl Topology {
+    pub async fn start(args: &TopologyArgs, with_archive: bool) -> Topology {
+        if !args.target.is_empty() {
+            return Topology {
+                nats: None,
+                cluster: None,
+                edges: Vec::new(),
+                postgres: None,
+                archiver: None,
+                edge_args: Vec::new(),
+                target: args.target.clone(),
+            };
+        }
+        let (nats, cluster, url, replicas) = if args.cluster {
+            let c = NatsCluster::start(3).await;
+            let u = c.url();
+            (None, Some(c), u, "3")
+        } else {
+            let n = NatsServer::start().await;
+            let u = n.url();
+            (Some(n), None, u, "1")
+        };
+        let mut edges = Vec::new();
+        let mut all_args = Vec::new();
+        for i in 0..args.edges {
+            let mut a: Vec<String> = vec![
+                "--nats-url".into(),
+                url.clone(),
+                "--node-name".into(),
+                format!("edge-{i}"),
+                "--stream-replicas".into(),
+                replicas.into(),
+                "--rate-per-sec".into(),
+                "100000".into(),
+                "--rate-burst".into(),
+                "100000".into(),
+                "--max-connections".into(),
+                "200000".into(),
+                "--drain-timeout-secs".into(),
+                "5".into(),
+            ];
+            a.extend(args.edge_args.iter().filter(|s| !s.is_empty()).cloned());
+            edges.push(
+                Service::start("natter-edge", &a, &[("RUST_LOG".into(), "warn".into())]).await,
+            );
+            all_args.push(a);
+        }
+        let (postgres, archiver) = if with_archive {
+            let pg = Postgres::start().await;
+            let a = Service::start(
+                "natter-archiver",
+                &[
+                    "--nats-url".into(),
+                    url.clone(),
+                    "--database-url".into(),
+                    pg.url(),
+                    "--stream-replicas".into(),
+                    replicas.into(),
+                ],
+                &[("RUST_LOG".into(), "warn".into())],
+            )
+            .await;
+            (Some(pg), Some(a))
+        } else {
+            (None, None)
+        };
+        Topology {
+            nats,
+            cluster,
+            edges,
+            postgres,
+            archiver,
+            edge_args: all_args,
+            target: Vec::new(),
+        }
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        if !self.target.is_empty() {
+            return self.target.clone();
+        }
+        self.edges.iter().map(Service::ws_url).collect()
+    }
+
+    /// Server processes by name, for CPU accounting.
+    pub fn processes(&mut self) -> Vec<(String, u32)> {
+        let mut out = Vec::new();
+        if let Some(n) = self.nats.as_mut() {
+            if let Some(p) = n.proc().pid() {
+                out.push(("nats".to_string(), p));
+            }
+        }
+        if let Some(c) = self.cluster.as_mut() {
+            for (i, n) in c.nodes.iter_mut().enumerate() {
+                if let Some(p) = n.proc().pid() {
+                    out.push((format!("nats-{i}"), p));
+                }
+            }
+        }
+        for (i, e) in self.edges.iter_mut().enumerate() {
+            if let Some(p) = e.proc().pid() {
+                out.push((format!("edge-{i}"), p));
+            }
+        }
+        if let Some(a) = self.archiver.as_mut() {
+            if let Some(p) = a.proc().pid() {
+                out.push(("archiver".to_string(), p));
+            }
+        }
+        // Postgres runs under runuser and forks a process per connection: its CPU is not
+        // attributed here.
+        out
+    }
+}

@@ -393,3 +393,54 @@ async fn member(
     }
     res
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(room: usize, received: &[u64], duplicates: u64, acked: &[u64]) -> MemberResult {
+        MemberResult {
+            room,
+            received: received.iter().copied().collect(),
+            duplicates,
+            latency: Histogram::new(3).unwrap(),
+            acked: acked.to_vec(),
+            sent: acked.len() as u64,
+            refused: 0,
+            reconnects: 0,
+        }
+    }
+
+    #[test]
+    fn accounting_catches_a_missing_and_a_duplicated_delivery() {
+        let spec = LoadSpec {
+            rooms: 2,
+            users_per_room: 2,
+            senders_per_room: 1,
+            rate: 1.0,
+            duration: Duration::from_secs(1),
+            urls: vec![],
+            sources: vec![],
+            run_id: "t".into(),
+            pad: 0,
+        };
+        // Room 0: messages 1, 2 acked; the second member misses 2. Room 1: message 3 acked,
+        // delivered twice to one member. A message nobody acked (4) does not count.
+        let r = account(
+            &spec,
+            vec![
+                member(0, &[1, 2], 0, &[1, 2]),
+                member(0, &[1, 4], 0, &[]),
+                member(1, &[3], 0, &[3]),
+                member(1, &[3], 1, &[]),
+            ],
+            Duration::from_secs(1),
+        );
+        assert_eq!(r.acked, 3);
+        assert_eq!(r.expected_deliveries, 6);
+        assert_eq!(r.delivered, 5);
+        assert_eq!(r.lost, 1);
+        assert_eq!(r.duplicated, 1);
+        assert!(r.acked_uuids.contains("t-3"));
+    }
+}

@@ -99,6 +99,8 @@ struct MemberResult {
     sent: u64,
     refused: u64,
     reconnects: u64,
+    /// When the last new message arrived.
+    last_rx: Option<Instant>,
 }
 
 /// Shared clock: message texts carry nanoseconds since `origin`.
@@ -168,7 +170,14 @@ pub async fn run<F: std::future::Future<Output = ()>>(spec: &LoadSpec, during: F
             results.push(r);
         }
     }
-    let elapsed = t0.elapsed();
+    // Throughput is measured from the start signal to the last new delivery (not the quiet
+    // period the end of a run waits for).
+    let elapsed = results
+        .iter()
+        .filter_map(|r| r.last_rx)
+        .max()
+        .map(|t| t.saturating_duration_since(t0))
+        .unwrap_or_else(|| t0.elapsed());
     account(spec, results, elapsed)
 }
 
@@ -242,6 +251,7 @@ async fn member(
         sent: 0,
         refused: 0,
         reconnects: 0,
+        last_rx: None,
     };
     let mut pending: HashMap<u64, String> = HashMap::new(); // msg number -> frame text
     let mut edge = index % spec.urls.len().max(1);
@@ -336,6 +346,7 @@ async fn member(
                                 res.duplicates += 1;
                                 continue;
                             }
+                            res.last_rx = Some(last_rx);
                             if let Some(sent) = p.text.as_deref().and_then(|t| t.split(' ').next()).and_then(|t| t.parse::<u64>().ok()) {
                                 let us = clock.now_ns().saturating_sub(sent) / 1000;
                                 let _ = res.latency.record(us.max(1));
@@ -408,6 +419,7 @@ mod tests {
             sent: acked.len() as u64,
             refused: 0,
             reconnects: 0,
+            last_rx: None,
         }
     }
 

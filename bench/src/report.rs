@@ -137,6 +137,10 @@ impl Report {
                 .unwrap_or(0.0);
             m.insert(name.clone(), json!(round(now - was, 2)));
         }
+        let me = std::process::id();
+        let now = procstat::cpu_seconds(me).unwrap_or(0.0);
+        let was = before.iter().find(|(n, _)| n == "load-generator").map(|(_, c)| *c).unwrap_or(0.0);
+        m.insert("load-generator".into(), json!(round(now - was, 2)));
         self.set("cpu_seconds", Value::Object(m));
     }
 
@@ -162,10 +166,12 @@ impl Report {
 }
 
 pub fn cpu_snapshot(procs: &[(String, u32)]) -> Vec<(String, f64)> {
-    procs
+    let mut v: Vec<(String, f64)> = procs
         .iter()
         .map(|(n, p)| (n.clone(), procstat::cpu_seconds(*p).unwrap_or(0.0)))
-        .collect()
+        .collect();
+    v.push(("load-generator".into(), procstat::cpu_seconds(std::process::id()).unwrap_or(0.0)));
+    v
 }
 
 pub fn round(x: f64, digits: i32) -> f64 {

@@ -276,7 +276,7 @@ impl Room {
         if seq <= last {
             return; // already delivered (by a repair)
         }
-        if prev > last && !self.catch_up_to(node, prev).await {
+        if prev > last && !Box::pin(self.catch_up_to(node, prev)).await {
             self.resync_all();
         }
         let stamp = headers
@@ -317,7 +317,7 @@ async fn run(room: Arc<Room>, node: Arc<Node>, mut sub: async_nats::Subscriber) 
                     return;
                 }
             },
-            _ = tick.tick() => room.check_tail(&node).await,
+            _ = tick.tick() => Box::pin(room.check_tail(&node)).await,
         }
     }
 }

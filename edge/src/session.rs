@@ -139,7 +139,7 @@ async fn run(node: Arc<Node>, ws: WebSocket<Io>, id: String, _permit: OwnedSemap
         client_closed: AtomicBool::new(false),
         born: Instant::now(),
     });
-    let (ctl_tx, ctl_rx) = mpsc::channel::<Frame<'static>>(8);
+    let (ctl_tx, ctl_rx) = mpsc::channel::<Box<Frame<'static>>>(8);
     let raw_read: Mutex<Option<SharedRead>> = Mutex::new(None);
     let (mut rd, mut wr) = ws.split(|s| {
         let (r, w) = tokio::io::split(s);
@@ -201,7 +201,7 @@ async fn run(node: Arc<Node>, ws: WebSocket<Io>, id: String, _permit: OwnedSemap
     if outbox.closing() == Some(CloseReason::Slow) {
         Metrics::inc(&node.metrics.slow_client_disconnects);
     }
-    cleanup(&node, &id, &shared).await;
+    Box::pin(cleanup(&node, &id, &shared)).await;
     debug!(reason = ?outbox.closing(), "disconnected");
 }
 
@@ -256,7 +256,7 @@ async fn write_loop(
     node: Arc<Node>,
     mut wr: Writer,
     mut frames: mpsc::Receiver<Bytes>,
-    mut ctl: mpsc::Receiver<Frame<'static>>,
+    mut ctl: mpsc::Receiver<Box<Frame<'static>>>,
     mut signal: watch::Receiver<Signal>,
     shared: Arc<Shared>,
 ) {
@@ -294,7 +294,7 @@ async fn write_loop(
                 f = ctl.recv(), if ctl_open => match f {
                     Some(f) => {
                         let closing = f.opcode == OpCode::Close;
-                        wr.write_frame(f).await?;
+                        wr.write_frame(*f).await?;
                         wr.flush().await?;
                         if closing {
                             return Ok(());
@@ -389,13 +389,12 @@ struct Session {
     outbox: Outbox,
     shared: Arc<Shared>,
     rate: RateLimit,
-    acks: mpsc::Sender<PendingAck>,
+    /// Created on the first publish: idle sockets cost no ack task.
+    acks: Option<mpsc::Sender<PendingAck>>,
 }
 
 impl Session {
     fn new(node: Arc<Node>, id: String, outbox: Outbox, shared: Arc<Shared>) -> Self {
-        let (acks, rx) = mpsc::channel(ACKS_IN_FLIGHT);
-        tokio::spawn(await_acks(node.clone(), outbox.clone(), rx).in_current_span());
         let rate = RateLimit::new(node.config.rate_per_sec, node.config.rate_burst);
         Session {
             node,
@@ -403,14 +402,22 @@ impl Session {
             outbox,
             shared,
             rate,
-            acks,
+            acks: None,
         }
     }
 
-    async fn read_loop(mut self, mut rd: Reader, ctl: mpsc::Sender<Frame<'static>>) -> ReadEnd {
+    fn acks(&mut self) -> &mpsc::Sender<PendingAck> {
+        self.acks.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(ACKS_IN_FLIGHT);
+            tokio::spawn(await_acks(self.node.clone(), self.outbox.clone(), rx).in_current_span());
+            tx
+        })
+    }
+
+    async fn read_loop(mut self, mut rd: Reader, ctl: mpsc::Sender<Box<Frame<'static>>>) -> ReadEnd {
         let max = self.node.config.max_frame_bytes;
         let mut send_fn = |f: Frame<'_>| {
-            let owned = Frame::new(true, f.opcode, None, Payload::Owned(f.payload.to_vec()));
+            let owned = Box::new(Frame::new(true, f.opcode, None, Payload::Owned(f.payload.to_vec())));
             let ctl = ctl.clone();
             async move { ctl.send(owned).await.map_err(|_| "socket writer is gone") }
         };
@@ -501,12 +508,14 @@ impl Session {
         let id = req.id;
         match req.call {
             Call::Ping => self.reply(id.as_ref(), json!("pong")).await,
-            Call::JoinRoom(j) => self.join(id, j, false).await,
-            Call::Reconnect(j) => self.join(id, j, true).await,
+            // The rarer, larger request futures are boxed so that the socket's long-lived
+            // reader task stays small (it exists for every idle connection).
+            Call::JoinRoom(j) => Box::pin(self.join(id, j, false)).await,
+            Call::Reconnect(j) => Box::pin(self.join(id, j, true)).await,
             Call::TextMessage(t) => self.text(id, t).await,
-            Call::LeaveRoom { room_name } => self.leave(id, &room_name).await,
+            Call::LeaveRoom { room_name } => Box::pin(self.leave(id, &room_name)).await,
             Call::Typing { room_name } => self.typing(id, &room_name).await,
-            Call::GetHistory(g) => self.history(id, g).await,
+            Call::GetHistory(g) => Box::pin(self.history(id, g)).await,
         }
     }
 
@@ -698,7 +707,7 @@ impl Session {
             Ok(ack) => {
                 Metrics::inc(&node.metrics.messages_in);
                 // Backpressure: a client with too many unacknowledged publishes waits here.
-                self.acks.send(PendingAck { ack, id, sent }).await.is_ok()
+                self.acks().send(PendingAck { ack, id, sent }).await.is_ok()
             }
             Err(e) => {
                 warn!(error = %e, "publish failed");

@@ -35,6 +35,8 @@ pub struct LoadSpec {
     pub run_id: String,
     /// Bytes of padding in each message text.
     pub pad: usize,
+    /// Start every member on the first URL (they move to the others when it fails).
+    pub all_on_first: bool,
 }
 
 /// What every member saw.
@@ -53,6 +55,8 @@ pub struct LoadResult {
     pub latency_us: Option<Histogram<u64>>,
     /// uuids of acknowledged messages (for cross-checks such as the archive).
     pub acked_uuids: HashSet<String>,
+    /// When each successful rejoin (after a disconnect) completed.
+    pub rejoins: Vec<Instant>,
 }
 
 #[derive(Deserialize)]
@@ -101,6 +105,7 @@ struct MemberResult {
     reconnects: u64,
     /// When the last new message arrived.
     last_rx: Option<Instant>,
+    rejoins: Vec<Instant>,
 }
 
 /// Shared clock: message texts carry nanoseconds since `origin`.
@@ -199,6 +204,7 @@ fn account(spec: &LoadSpec, results: Vec<MemberResult>, elapsed: Duration) -> Lo
         out.sent += r.sent;
         out.refused += r.refused;
         out.reconnects += r.reconnects;
+        out.rejoins.extend(r.rejoins.iter().copied());
         if let Some(h) = hist.as_mut() {
             let _ = h.add(&r.latency);
         }
@@ -252,9 +258,10 @@ async fn member(
         refused: 0,
         reconnects: 0,
         last_rx: None,
+        rejoins: Vec::new(),
     };
     let mut pending: HashMap<u64, String> = HashMap::new(); // msg number -> frame text
-    let mut edge = index % spec.urls.len().max(1);
+    let mut edge = if spec.all_on_first { 0 } else { index % spec.urls.len().max(1) };
     let source = (!spec.sources.is_empty()).then(|| spec.sources[index % spec.sources.len()]);
     let mut last_id: Option<String> = None;
     let mut counted_join = false;
@@ -313,6 +320,9 @@ async fn member(
         }
         if !ok {
             continue;
+        }
+        if counted_join {
+            res.rejoins.push(Instant::now());
         }
         if !counted_join {
             counted_join = true;
@@ -420,6 +430,7 @@ mod tests {
             refused: 0,
             reconnects: 0,
             last_rx: None,
+            rejoins: Vec::new(),
         }
     }
 
@@ -435,6 +446,7 @@ mod tests {
             sources: vec![],
             run_id: "t".into(),
             pad: 0,
+            all_on_first: false,
         };
         // Room 0: messages 1, 2 acked; the second member misses 2. Room 1: message 3 acked,
         // delivered twice to one member. A message nobody acked (4) does not count.

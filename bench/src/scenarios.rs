@@ -2,7 +2,6 @@
 //! returns a [`Report`] of what it measured.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -103,6 +102,7 @@ pub async fn fanout(name: &str, a: &FanoutArgs) -> Report {
         sources: sources(a.rooms * a.users),
         run_id: run_id(),
         pad: a.pad,
+        all_on_first: false,
     };
     let before = cpu_snapshot(&procs);
     let r = load::run(&spec, async {}).await;
@@ -357,16 +357,17 @@ pub async fn storm(a: &StormArgs) -> Report {
         sources: sources(a.clients),
         run_id: run_id(),
         pad: 16,
+        all_on_first: true,
     };
     let victim = topo.edges.remove(0);
     let survivors = urls[1..].to_vec();
-    let killed_at = Arc::new(AtomicU64::new(0));
+    let killed_at = Arc::new(std::sync::Mutex::new(None::<Instant>));
     let k = killed_at.clone();
     let chaos = async move {
         let mut victim = victim;
         tokio::time::sleep(Duration::from_secs(3)).await;
-        k.store(1, Relaxed);
         victim.proc().kill9();
+        *k.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     };
     // Clients rotate to the next URL when their edge dies: give them the survivors after
     // the first.
@@ -375,6 +376,14 @@ pub async fn storm(a: &StormArgs) -> Report {
     let r = load::run(&spec2, chaos).await;
     let mut rep = Report::new("reconnect-storm");
     rep.set("clients", a.clients);
+    if let Some(k) = *killed_at.lock().unwrap_or_else(|p| p.into_inner()) {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram");
+        for t in &r.rejoins {
+            let _ = h.record(t.saturating_duration_since(k).as_micros().max(1) as u64);
+        }
+        rep.set("clients_resumed", r.rejoins.len());
+        rep.latency("resumed_after_kill", &h);
+    }
     rep.load(&r);
     rep
 }
@@ -424,6 +433,7 @@ pub async fn chaos(a: &ChaosArgs) -> ChaosOutcome {
         sources: Vec::new(),
         run_id: run_id(),
         pad: 16,
+        all_on_first: false,
     };
     let log = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let step = Duration::from_secs((a.seconds / 5).max(1));

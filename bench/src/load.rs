@@ -261,7 +261,11 @@ async fn member(
         rejoins: Vec::new(),
     };
     let mut pending: HashMap<u64, String> = HashMap::new(); // msg number -> frame text
-    let mut edge = if spec.all_on_first { 0 } else { index % spec.urls.len().max(1) };
+    let mut edge = if spec.all_on_first {
+        0
+    } else {
+        index % spec.urls.len().max(1)
+    };
     let source = (!spec.sources.is_empty()).then(|| spec.sources[index % spec.sources.len()]);
     let mut last_id: Option<String> = None;
     let mut counted_join = false;

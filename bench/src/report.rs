@@ -139,7 +139,11 @@ impl Report {
         }
         let me = std::process::id();
         let now = procstat::cpu_seconds(me).unwrap_or(0.0);
-        let was = before.iter().find(|(n, _)| n == "load-generator").map(|(_, c)| *c).unwrap_or(0.0);
+        let was = before
+            .iter()
+            .find(|(n, _)| n == "load-generator")
+            .map(|(_, c)| *c)
+            .unwrap_or(0.0);
         m.insert("load-generator".into(), json!(round(now - was, 2)));
         self.set("cpu_seconds", Value::Object(m));
     }
@@ -170,7 +174,10 @@ pub fn cpu_snapshot(procs: &[(String, u32)]) -> Vec<(String, f64)> {
         .iter()
         .map(|(n, p)| (n.clone(), procstat::cpu_seconds(*p).unwrap_or(0.0)))
         .collect();
-    v.push(("load-generator".into(), procstat::cpu_seconds(std::process::id()).unwrap_or(0.0)));
+    v.push((
+        "load-generator".into(),
+        procstat::cpu_seconds(std::process::id()).unwrap_or(0.0),
+    ));
     v
 }
 

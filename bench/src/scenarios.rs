@@ -153,7 +153,12 @@ pub async fn idle(a: &IdleArgs) -> Report {
     let mut joins = Vec::with_capacity(connections);
     for i in 0..connections {
         let room = format!("{run}-idle-{}", i / a.room_size.max(1));
-        let (url, src, uid, name) = (url.clone(), srcs[i % srcs.len()], format!("{run}-u{i}"), format!("u{}", i % a.room_size.max(1)));
+        let (url, src, uid, name) = (
+            url.clone(),
+            srcs[i % srcs.len()],
+            format!("{run}-u{i}"),
+            format!("u{}", i % a.room_size.max(1)),
+        );
         let gate = gate.clone();
         joins.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await.ok()?;
@@ -178,7 +183,10 @@ pub async fn idle(a: &IdleArgs) -> Report {
     let n = conns.len().max(1) as f64;
     let mut rep = Report::new("idle");
     if connections < wanted {
-        rep.set("capped_by_open_file_limit", format!("{wanted} asked, {connections} possible with a limit of {fd_limit}"));
+        rep.set(
+            "capped_by_open_file_limit",
+            format!("{wanted} asked, {connections} possible with a limit of {fd_limit}"),
+        );
     }
     rep.set("connections", conns.len());
     rep.set("failed", failed);

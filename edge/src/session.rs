@@ -414,10 +414,19 @@ impl Session {
         })
     }
 
-    async fn read_loop(mut self, mut rd: Reader, ctl: mpsc::Sender<Box<Frame<'static>>>) -> ReadEnd {
+    async fn read_loop(
+        mut self,
+        mut rd: Reader,
+        ctl: mpsc::Sender<Box<Frame<'static>>>,
+    ) -> ReadEnd {
         let max = self.node.config.max_frame_bytes;
         let mut send_fn = |f: Frame<'_>| {
-            let owned = Box::new(Frame::new(true, f.opcode, None, Payload::Owned(f.payload.to_vec())));
+            let owned = Box::new(Frame::new(
+                true,
+                f.opcode,
+                None,
+                Payload::Owned(f.payload.to_vec()),
+            ));
             let ctl = ctl.clone();
             async move { ctl.send(owned).await.map_err(|_| "socket writer is gone") }
         };

@@ -1,15 +1,12 @@
-//! A lean WebSocket client for load: raw frames in, raw frames out, no per-frame JSON
-//! tree. A reader task forwards each text frame's bytes (fastwebsockets' `read_frame` is not
+//! A lean WebSocket client for load (the handshake is natter-testkit's): raw frames in, raw
+//! frames out, no per-frame JSON tree. A reader task forwards each text frame's bytes (fastwebsockets' `read_frame` is not
 //! cancel-safe, so it runs alone); the owner writes through [`Conn::send`].
 
-use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocketWrite};
-use http_body_util::Empty;
-use hyper::header::{CONNECTION, UPGRADE};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::WriteHalf;
@@ -29,61 +26,12 @@ pub struct Conn {
     pub incoming: mpsc::UnboundedReceiver<Incoming>,
 }
 
-struct SpawnExecutor;
-
-impl<Fut> hyper::rt::Executor<Fut> for SpawnExecutor
-where
-    Fut: Future + Send + 'static,
-    Fut::Output: Send + 'static,
-{
-    fn execute(&self, fut: Fut) {
-        tokio::task::spawn(fut);
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConnError {
-    #[error("bad URL {0}")]
-    Url(String),
-    #[error("connect: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("handshake: {0}")]
-    Handshake(String),
-}
+pub use natter_testkit::client::ClientError as ConnError;
 
 impl Conn {
     /// Connect to `ws://ip:port/path`, optionally from a given local address.
     pub async fn connect(url: &str, local: Option<IpAddr>) -> Result<Conn, ConnError> {
-        let rest = url
-            .strip_prefix("ws://")
-            .ok_or_else(|| ConnError::Url(url.into()))?;
-        let (host, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        let addr: SocketAddr = host.parse().map_err(|_| ConnError::Url(url.into()))?;
-        let sock = tokio::net::TcpSocket::new_v4()?;
-        if let Some(ip) = local {
-            sock.bind(SocketAddr::new(ip, 0))?;
-        }
-        let stream = sock.connect(addr).await?;
-        stream.set_nodelay(true)?;
-        let req = hyper::Request::builder()
-            .method("GET")
-            .uri(path)
-            .header("Host", host)
-            .header(UPGRADE, "websocket")
-            .header(CONNECTION, "upgrade")
-            .header(
-                "Sec-WebSocket-Key",
-                fastwebsockets::handshake::generate_key(),
-            )
-            .header("Sec-WebSocket-Version", "13")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| ConnError::Handshake(e.to_string()))?;
-        let (ws, _) = fastwebsockets::handshake::client(&SpawnExecutor, req, stream)
-            .await
-            .map_err(|e| ConnError::Handshake(e.to_string()))?;
+        let ws = natter_testkit::client::ws_connect(url, local).await?;
         let (mut rd, writer) = ws.split(tokio::io::split);
         let writer = Arc::new(Mutex::new(writer));
         let (tx, incoming) = mpsc::unbounded_channel();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Payload, WebSocketWrite};
+use fastwebsockets::{Frame, OpCode, Payload, WebSocket, WebSocketWrite};
 use http_body_util::Empty;
 use hyper::header::{CONNECTION, UPGRADE};
 use hyper::upgrade::Upgraded;
@@ -58,6 +58,48 @@ where
     }
 }
 
+/// Open a WebSocket to `ws://ip:port/path`, optionally from a given local address (e.g.
+/// 127.0.0.2, to get past one source address's ephemeral ports in large runs).
+pub async fn ws_connect(
+    url: &str,
+    local: Option<std::net::IpAddr>,
+) -> Result<WebSocket<TokioIo<Upgraded>>, ClientError> {
+    let rest = url
+        .strip_prefix("ws://")
+        .ok_or_else(|| ClientError::Url(url.into()))?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr: std::net::SocketAddr = host.parse().map_err(|_| ClientError::Url(url.into()))?;
+    let stream = match local {
+        Some(ip) => {
+            let sock = tokio::net::TcpSocket::new_v4()?;
+            sock.bind(std::net::SocketAddr::new(ip, 0))?;
+            sock.connect(addr).await?
+        }
+        None => TcpStream::connect(addr).await?,
+    };
+    stream.set_nodelay(true)?;
+    let req = Request::builder()
+        .method("GET")
+        .uri(path)
+        .header("Host", host)
+        .header(UPGRADE, "websocket")
+        .header(CONNECTION, "upgrade")
+        .header(
+            "Sec-WebSocket-Key",
+            fastwebsockets::handshake::generate_key(),
+        )
+        .header("Sec-WebSocket-Version", "13")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| ClientError::Handshake(e.to_string()))?;
+    let (ws, _resp) = fastwebsockets::handshake::client(&SpawnExecutor, req, stream)
+        .await
+        .map_err(|e| ClientError::Handshake(e.to_string()))?;
+    Ok(ws)
+}
+
 /// One WebSocket connection to an edge.
 pub struct ChatClient {
     writer: Arc<Mutex<Writer>>,
@@ -80,39 +122,7 @@ impl ChatClient {
         url: &str,
         local: Option<std::net::IpAddr>,
     ) -> Result<ChatClient, ClientError> {
-        let rest = url
-            .strip_prefix("ws://")
-            .ok_or_else(|| ClientError::Url(url.into()))?;
-        let (host, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        let addr: std::net::SocketAddr = host.parse().map_err(|_| ClientError::Url(url.into()))?;
-        let stream = match local {
-            Some(ip) => {
-                let sock = tokio::net::TcpSocket::new_v4()?;
-                sock.bind(std::net::SocketAddr::new(ip, 0))?;
-                sock.connect(addr).await?
-            }
-            None => TcpStream::connect(addr).await?,
-        };
-        stream.set_nodelay(true)?;
-        let req = Request::builder()
-            .method("GET")
-            .uri(path)
-            .header("Host", host)
-            .header(UPGRADE, "websocket")
-            .header(CONNECTION, "upgrade")
-            .header(
-                "Sec-WebSocket-Key",
-                fastwebsockets::handshake::generate_key(),
-            )
-            .header("Sec-WebSocket-Version", "13")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| ClientError::Handshake(e.to_string()))?;
-        let (ws, _resp) = fastwebsockets::handshake::client(&SpawnExecutor, req, stream)
-            .await
-            .map_err(|e| ClientError::Handshake(e.to_string()))?;
+        let ws = ws_connect(url, local).await?;
         let (mut rd, wr) = ws.split(tokio::io::split);
         let writer = Arc::new(Mutex::new(wr));
         let (tx, events) = mpsc::unbounded_channel();

@@ -103,7 +103,16 @@ impl Room {
         self.lock().last_seq = last;
         let span = tracing::info_span!("room", room = %self.name);
         let handle = tokio::spawn(run(self.clone(), node.clone(), sub).instrument(span));
-        *self.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle.abort_handle());
+        let mut task = self.task.lock().unwrap_or_else(|p| p.into_inner());
+        // The room may have been discarded while this start was under way: its task must
+        // not outlive it (discard sets `closed` before it takes the task handle).
+        if self.lock().closed {
+            handle.abort();
+            return Err(RoomError::Subscribe(
+                "the room closed while starting; retry".into(),
+            ));
+        }
+        *task = Some(handle.abort_handle());
         Ok(())
     }
 

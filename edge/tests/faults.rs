@@ -340,3 +340,37 @@ async fn an_r3_stream_survives_the_loss_of_a_nats_node() {
         .await
         .is_empty());
 }
+
+#[tokio::test]
+async fn a_message_refused_while_nats_is_down_is_delivered_once_after_a_retry() {
+    let mut s = stack(1, &["--nats-timeout-ms", "2000"]).await;
+    let (mut ann, _) = joined(&s.edges[0], "r", "u1", "Ann").await;
+    let (mut bob, _) = joined(&s.edges[0], "r", "u2", "Bob").await;
+    s.nats.kill();
+    ann.send_message("r", "u1", "Ann", "x", "while-down").await;
+    // The stream could not acknowledge it: the client is told to retry with the same uuid.
+    let refused = ann
+        .next_matching(Duration::from_secs(30), |v| v.get("error").is_some())
+        .await
+        .expect("an error response");
+    assert_eq!(refused["error"]["code"], -32010, "{refused}");
+    s.nats.restart().await;
+    s.edges[0].wait_ready(WAIT).await;
+    // The retry (a client would do this on -32010) is stored and delivered exactly once,
+    // even if the first attempt reached the stream after all.
+    let mut delivered = Vec::new();
+    for _ in 0..10 {
+        ann.send_message("r", "u1", "Ann", "x", "while-down").await;
+        delivered = bob.room_messages(1, Duration::from_secs(3)).await;
+        if !delivered.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(uuids(&delivered), vec!["while-down"]);
+    assert!(
+        bob.room_messages(1, Duration::from_secs(1))
+            .await
+            .is_empty(),
+        "delivered twice"
+    );
+}

@@ -1,9 +1,8 @@
 //! Server processes seen from the outside: CPU time and memory from /proc, the open-file
-//! limit, and making sure a private Postgres really stops.
+//! limit, and stopping a private Postgres together with its backends.
 //!
-//! When run as root, natter-testkit starts Postgres through `runuser`, and killing the
-//! handle signals only that wrapper; the server would linger until it notices its data
-//! directory is gone. Scenarios call [`stop_postgres`] before dropping the handle.
+//! Killing a Postgres handle signals the postmaster; its backends wind down on their own a
+//! little later. Scenarios call [`stop_postgres`] so that none outlives the run.
 
 use std::path::Path;
 

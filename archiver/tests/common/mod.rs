@@ -357,9 +357,9 @@ fn kill_postmaster_tree(data_dir: &std::path::Path) -> Vec<u32> {
     victims
 }
 
-/// Crash Postgres: kill -9 the postmaster and every process it started, as an OOM kill or
-/// a node loss would. (`Postgres::kill` alone signals the `runuser` wrapper when the tests
-/// run as root, which leaves the server running.) Start it again with `Postgres::restart`.
+/// Crash Postgres: kill -9 the postmaster and every backend at once, as an OOM kill or a
+/// node loss would (`Postgres::kill` signals the postmaster only, whose backends then wind
+/// down on their own). Start it again with `Postgres::restart`.
 pub async fn crash_postgres(pg: &mut Postgres) {
     let victims = kill_postmaster_tree(&pg.dir().join("data"));
     let gone = natter_testkit::eventually(Duration::from_secs(10), || {
@@ -382,7 +382,7 @@ pub async fn crash_postgres(pg: &mut Postgres) {
 }
 
 impl Drop for Stack {
-    /// Do not leave the Postgres server running behind `runuser` when the test ends.
+    /// Leave no Postgres backend behind when the test ends.
     fn drop(&mut self) {
         kill_postmaster_tree(&self.pg.dir().join("data"));
     }

@@ -104,7 +104,7 @@ impl Node {
             &format!("KV_{}", subjects::PRESENCE_BUCKET),
             timeout,
         );
-        let presence = Arc::new(Presence::new(kv, kv_reader, name.clone()));
+        let presence = Arc::new(Presence::new(kv, kv_reader));
         let limits = Limits {
             max_text_bytes: config.max_text_bytes,
             max_history_page: 500,

@@ -59,16 +59,14 @@ struct Claim {
 pub struct Presence {
     kv: kv::Store,
     reader: StreamReader,
-    node: String,
     claims: Mutex<HashMap<String, Claim>>,
 }
 
 impl Presence {
-    pub fn new(kv: kv::Store, reader: StreamReader, node: String) -> Self {
+    pub fn new(kv: kv::Store, reader: StreamReader) -> Self {
         Presence {
             kv,
             reader,
-            node,
             claims: Mutex::new(HashMap::new()),
         }
     }
@@ -267,10 +265,6 @@ impl Presence {
                 me.refresh_all().await;
             }
         })
-    }
-
-    pub fn node(&self) -> &str {
-        &self.node
     }
 }
 

@@ -152,10 +152,6 @@ impl Room {
         self.lock().last_seq
     }
 
-    pub fn member_count(&self) -> usize {
-        self.lock().members.len()
-    }
-
     /// Queue a stored message (with `_id` = `seq`) to every member, once encoded.
     fn deliver(&self, seq: u64, stored: &[u8], node: &Node, stamped: Option<&str>) {
         let m = &node.metrics;
@@ -422,13 +418,5 @@ impl Rooms {
         if let Some(h) = room.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
             h.abort();
         }
-    }
-
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }

@@ -15,7 +15,6 @@ pub const HDR_SEQUENCE: &str = "Nats-Sequence";
 pub const HDR_LAST_SEQUENCE: &str = "Nats-Last-Sequence";
 pub const HDR_TIME_STAMP: &str = "Nats-Time-Stamp";
 pub const HDR_SUBJECT: &str = "Nats-Subject";
-pub const HDR_NUM_PENDING: &str = "Nats-Num-Pending";
 
 /// Where a room's stored messages are published (captured by `CHAT`).
 pub fn room(token: &str) -> String {

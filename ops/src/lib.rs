@@ -1,0 +1,31 @@
+//! natter-ops: the operations surface every natter service (edge, archiver, filestore)
+//! shares, so that all three are run, probed, scraped and checked the same way.
+//!
+//! - [`logging`]: `--log-format text|json` (`NATTER_LOG_FORMAT`), the filter from
+//!   `RUST_LOG` (default `info`), and the tracing subscriber set up from them.
+//! - [`startup`]: the [`OpsArgs`] each service's clap `Config` flattens, `--check-config`
+//!   (validate, print the effective configuration with secrets redacted, exit), and
+//!   [`start`], the one call a service's `main` makes before running.
+//! - [`shutdown`]: the SIGTERM/SIGINT future a service stops on.
+//! - [`metrics`]: a per-service [`Registry`] over `prometheus-client` and the metric types
+//!   services declare their metrics with ([`Counter`], [`Gauge`], [`Histogram`],
+//!   [`CounterFamily`]), plus the standard latency bucket sets.
+//! - [`endpoints`]: the `/healthz`, `/readyz` and `/metrics` routes a service merges into
+//!   its own router, answering through the service's [`Probe`].
+//!
+//! What it is not: it holds no service logic and no state of its own. It knows nothing of
+//! NATS, Postgres or chat; readiness means whatever the service's [`Probe`] says, and the
+//! metrics are whatever the service registers. There is no global registry: each service
+//! instance owns its [`Registry`], so several instances in one test process stay separate.
+
+pub mod endpoints;
+pub mod logging;
+pub mod metrics;
+pub mod shutdown;
+pub mod startup;
+
+pub use endpoints::{router, Probe, Readiness};
+pub use logging::{init_tracing, LogFormat, LoggingError};
+pub use metrics::{buckets, Counter, CounterFamily, Gauge, Histogram, Registry};
+pub use shutdown::shutdown_signal;
+pub use startup::{effective_config, start, start_from, OpsArgs, ServiceConfig, Setting, Start};

@@ -9,7 +9,6 @@
 //! handed a silent gap.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -22,7 +21,7 @@ use tracing::{debug, warn};
 
 use crate::node::Node;
 use crate::outbox::Outbox;
-use crate::rooms::Room;
+use crate::room::Room;
 
 #[derive(Debug, Error)]
 pub enum CatchupError {
@@ -111,7 +110,7 @@ async fn archive_request(
     room: &Room,
     req: &HistoryRequest,
 ) -> Result<HistoryReply, String> {
-    Metrics::inc(&node.metrics.archive_requests);
+    node.metrics.archive_requests.inc();
     let body = serde_json::to_vec(req).map_err(|e| e.to_string())?;
     let res = tokio::time::timeout(
         node.config.nats_timeout(),
@@ -128,17 +127,16 @@ async fn archive_request(
     match reply {
         Ok(r) if r.error.is_none() => Ok(r),
         Ok(r) => {
-            Metrics::inc(&node.metrics.archive_errors);
+            node.metrics.archive_errors.inc();
             Err(r.error.unwrap_or_default())
         }
         Err(e) => {
-            Metrics::inc(&node.metrics.archive_errors);
+            node.metrics.archive_errors.inc();
             Err(e)
         }
     }
 }
 
-use crate::metrics::Metrics;
 
 /// What a replay sent.
 #[derive(Debug, Default)]
@@ -172,7 +170,7 @@ pub async fn replay(
             .map(|(s, _)| *s)
             .unwrap_or(seam.saturating_add(1));
         out.truncated_from = Some(from);
-        Metrics::inc(&node.metrics.history_truncated);
+        node.metrics.history_truncated.inc();
         let note = frame::notification(
             "historyTruncated",
             json!({"roomName": room.name, "fromId": from.to_string()}),
@@ -186,13 +184,9 @@ pub async fn replay(
             return Err(CatchupError::SocketGone);
         }
     }
-    Metrics::inc(&node.metrics.catchups);
-    node.metrics
-        .catchup_messages
-        .fetch_add(out.messages as u64, Relaxed);
-    node.metrics
-        .frames_out
-        .fetch_add(out.messages as u64, Relaxed);
+    node.metrics.catchups.inc();
+    node.metrics.catchup_messages.inc_by(out.messages as u64);
+    node.metrics.frames_out.inc_by(out.messages as u64);
     node.metrics.catchup_latency.observe(t0.elapsed());
     debug!(messages = out.messages, truncated = ?out.truncated_from, "replayed");
     Ok(out)

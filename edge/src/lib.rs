@@ -1,14 +1,16 @@
 //! natter edge: terminates chat WebSockets and connects them to rooms through NATS.
 //!
 //! - [`server`]: `/chat`, health and metrics routes, and the SIGTERM drain.
-//! - [`session`]: one socket's state machine (reader task + writer task fed by a bounded
-//!   queue) speaking protocol v1 (`natter_protocol`).
-//! - [`rooms`]: one live subscription per room with local members, fanout of each message
-//!   encoded once, gap detection and repair, the seam between history and live.
+//! - [`transport`]: one WebSocket on the wire: frames to messages, the write task, pings,
+//!   idle and close.
+//! - [`session`]: one client's protocol state (joined rooms, rate limit, publish acks), one
+//!   module per command in [`session::cmd`].
+//! - [`room`]: one live subscription per room with local members, fanout of each message
+//!   encoded once; the seam/gap bookkeeping is the sans-IO [`room::delivery`] state machine.
 //! - [`catchup`]: history on join, resume after `lastMessageId`, `getHistory`.
 //! - [`presence`]: user names per room in the `presence` KV bucket.
 //! - [`outbox`]: the handle through which rooms reach a socket without waiting on it.
-//! - [`node`]: what all of the above share; [`config`], [`metrics`], [`wbuf`].
+//! - [`node`]: what all of the above share; [`config`], [`metrics`].
 //!
 //! The edge holds no state that matters when it dies: messages live in the stream (and the
 //! archive), names expire from presence, and clients resume by `_id` on another edge.
@@ -19,10 +21,10 @@ pub mod metrics;
 pub mod node;
 pub mod outbox;
 pub mod presence;
-pub mod rooms;
+pub mod room;
 pub mod server;
 pub mod session;
-pub mod wbuf;
+pub mod transport;
 
 use std::sync::Arc;
 

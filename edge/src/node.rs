@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::outbox::{CloseReason, Outbox};
 use crate::presence::Presence;
-use crate::rooms::Rooms;
+use crate::room::{RoomDeps, Rooms};
 
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -75,7 +75,9 @@ pub struct Node {
     pub presence: Arc<Presence>,
     pub rooms: Rooms,
     pub sessions: Sessions,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    /// Every series this edge exposes at `/metrics`.
+    pub registry: prometheus_client::registry::Registry,
     pub limits: Limits,
     pub connections: Arc<Semaphore>,
     draining: AtomicBool,
@@ -109,6 +111,16 @@ impl Node {
             max_text_bytes: config.max_text_bytes,
             max_history_page: 500,
         };
+        let metrics = Arc::new(Metrics::default());
+        let mut registry = prometheus_client::registry::Registry::default();
+        metrics.register(&mut registry);
+        let rooms = Rooms::new(RoomDeps {
+            nats: nats.clone(),
+            reader: reader.clone(),
+            metrics: metrics.clone(),
+            buffer_cap: config.outbound_queue.max(1),
+            tail_check: Duration::from_secs(config.tail_check_secs.max(1)),
+        });
         let node = Arc::new(Node {
             connections: Arc::new(Semaphore::new(config.max_connections)),
             limits,
@@ -117,9 +129,10 @@ impl Node {
             js,
             reader,
             presence,
-            rooms: Rooms::default(),
+            rooms,
             sessions: Sessions::default(),
-            metrics: Metrics::default(),
+            metrics,
+            registry,
             draining: AtomicBool::new(false),
             next_member: AtomicU64::new(1),
             next_request: AtomicU64::new(1),
@@ -156,7 +169,7 @@ impl Node {
 
     /// Close session `session_id` held at `node` (this one or another edge).
     pub async fn kick(&self, node: &str, session_id: &str) {
-        Metrics::inc(&self.metrics.takeovers);
+        self.metrics.takeovers.inc();
         if node == self.name {
             if let Some(o) = self.sessions.get(session_id) {
                 o.close(CloseReason::Replaced);
@@ -212,10 +225,9 @@ impl Node {
     /// Fail readiness and ask every client to move.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
+        self.metrics.draining.set(1);
         let all = self.sessions.all();
-        self.metrics
-            .drain_reconnects_sent
-            .fetch_add(all.len() as u64, Ordering::Relaxed);
+        self.metrics.drain_reconnects_sent.inc_by(all.len() as u64);
         for o in all {
             o.drain();
         }

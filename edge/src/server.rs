@@ -1,7 +1,6 @@
 //! The HTTP side of the edge: `/chat` (WebSocket upgrade), `/healthz`, `/readyz`,
 //! `/metrics`, 404 for anything else; and the SIGTERM drain.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +12,6 @@ use axum::Router;
 use fastwebsockets::upgrade::IncomingUpgrade;
 use tracing::{info, warn};
 
-use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::outbox::CloseReason;
 use crate::session;
@@ -30,7 +28,7 @@ pub fn router(node: Arc<Node>) -> Router {
 
 async fn chat(State(node): State<Arc<Node>>, upgrade: IncomingUpgrade) -> Response {
     if node.is_draining() {
-        Metrics::inc(&node.metrics.connections_rejected);
+        node.metrics.connections_rejected.inc();
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "draining: connect to another edge",
@@ -38,7 +36,7 @@ async fn chat(State(node): State<Arc<Node>>, upgrade: IncomingUpgrade) -> Respon
             .into_response();
     }
     let Ok(permit) = node.connections.clone().try_acquire_owned() else {
-        Metrics::inc(&node.metrics.connections_rejected);
+        node.metrics.connections_rejected.inc();
         return (StatusCode::SERVICE_UNAVAILABLE, "connection limit reached").into_response();
     };
     let (response, fut) = match upgrade.upgrade() {
@@ -65,9 +63,16 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    let mut text = String::with_capacity(8192);
+    if prometheus_client::encoding::text::encode(&mut text, &node.registry).is_err() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        node.metrics.render(node.is_draining()),
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
     )
         .into_response()
 }
@@ -96,7 +101,7 @@ pub async fn drain(node: &Node, timeout: Duration) {
         }
     }
     info!(
-        remaining = node.metrics.connections.load(Relaxed),
+        remaining = node.metrics.connections.get(),
         "drained"
     );
 }

@@ -1,6 +1,7 @@
-//! A write buffer for sockets that are mostly idle: it allocates only while frames are
-//! pending and gives the memory back after each flush, so an idle connection costs no
-//! write buffer at all (a `BufWriter` would hold its whole capacity forever).
+//! The socket's write buffer, made for connections that are mostly idle: it allocates only
+//! while frames are pending and gives the memory back after each flush, so an idle
+//! connection costs no write buffer at all (a `BufWriter` would hold its whole capacity
+//! forever).
 
 use std::io;
 use std::pin::Pin;

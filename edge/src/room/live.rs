@@ -1,0 +1,243 @@
+//! A room's I/O shell: its live subscription, the task that feeds the room's [`Delivery`]
+//! state machine from it, the reads that repair a gap, and the periodic tail check.
+//!
+//! Every decision (stale, deliver, repair first, which members get what) is the state
+//! machine's; this file only moves bytes between NATS and it. One task per room, so live
+//! messages of a room are handled one at a time, in the order NATS delivers them.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_nats::{HeaderMap, Message};
+use futures_util::StreamExt;
+use natter_nats::subjects;
+use natter_protocol::frame;
+use thiserror::Error;
+use tokio::sync::OnceCell;
+use tokio::task::AbortHandle;
+use tracing::{debug, info, warn, Instrument};
+
+use super::delivery::{Delivery, Live};
+use super::RoomDeps;
+use crate::outbox::Outbox;
+
+#[derive(Debug, Error, Clone)]
+pub enum RoomError {
+    #[error("could not subscribe to the room: {0}")]
+    Subscribe(String),
+    #[error("could not read the room's position in the stream: {0}")]
+    Stream(String),
+}
+
+/// Most messages read back in one repair round trip.
+const REPAIR_BATCH: usize = 512;
+/// Repair attempts before the members are asked to resume instead.
+const REPAIR_ATTEMPTS: u32 = 3;
+
+/// A room with local members.
+pub struct Room {
+    pub name: String,
+    pub token: String,
+    pub subject: String,
+    pub live_subject: String,
+    delivery: Mutex<Delivery<Outbox>>,
+    pub(super) started: OnceCell<()>,
+    task: Mutex<Option<AbortHandle>>,
+}
+
+impl Room {
+    pub(super) fn new(name: &str, buffer_cap: usize) -> Room {
+        let token = natter_protocol::token::encode(name);
+        Room {
+            name: name.to_owned(),
+            subject: subjects::room(&token),
+            live_subject: subjects::live(&token),
+            token,
+            delivery: Mutex::new(Delivery::new(0, buffer_cap)),
+            started: OnceCell::new(),
+            task: Mutex::new(None),
+        }
+    }
+
+    pub(super) fn delivery(&self) -> MutexGuard<'_, Delivery<Outbox>> {
+        self.delivery.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Subscribe first, then read where the room stands in the stream: anything stored after
+    /// that point is on the subscription, anything before is history.
+    pub(super) async fn start(self: &Arc<Self>, deps: &Arc<RoomDeps>) -> Result<(), RoomError> {
+        let sub = deps
+            .nats
+            .subscribe(self.live_subject.clone())
+            .await
+            .map_err(|e| RoomError::Subscribe(e.to_string()))?;
+        let last = deps
+            .reader
+            .last_seq(&self.subject)
+            .await
+            .map_err(|e| RoomError::Stream(e.to_string()))?;
+        self.delivery().start_at(last);
+        let span = tracing::info_span!("room", room = %self.name);
+        let handle = tokio::spawn(run(self.clone(), deps.clone(), sub).instrument(span));
+        let mut task = self.task.lock().unwrap_or_else(|p| p.into_inner());
+        // The room may have been discarded while this start was under way: its task must
+        // not outlive it (discard closes the room before it takes the task handle).
+        if self.delivery().is_closed() {
+            handle.abort();
+            return Err(RoomError::Subscribe(
+                "the room closed while starting; retry".into(),
+            ));
+        }
+        *task = Some(handle.abort_handle());
+        Ok(())
+    }
+
+    /// Stop the room's task (the room has closed).
+    pub(super) fn stop(&self) {
+        if let Some(h) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            h.abort();
+        }
+    }
+
+    /// End a member's catch-up: flush what arrived after its seam, then deliver live.
+    pub fn go_live(&self, member_id: u64, deps: &RoomDeps) {
+        let queued = self.delivery().go_live(member_id);
+        deps.metrics.frames_out.inc_by(queued);
+    }
+
+    /// The newest sequence delivered to this room's members.
+    pub fn last_seq(&self) -> u64 {
+        self.delivery().last_seq()
+    }
+
+    /// Deliver stored message `seq` to every member, encoded once.
+    fn deliver(&self, deps: &RoomDeps, seq: u64, stored: &[u8], stamped: Option<&str>) {
+        let m = &deps.metrics;
+        let Some(frame) = frame::with_message_id(stored, seq) else {
+            warn!(seq, "stored message is not a JSON object; skipped");
+            self.delivery().skip(seq);
+            return;
+        };
+        let t0 = Instant::now();
+        let Some(queued) = self.delivery().deliver(seq, &frame) else {
+            return;
+        };
+        m.frames_out.inc_by(queued);
+        m.room_messages_fanned_out.inc();
+        m.fanout_latency.observe(t0.elapsed());
+        if let Some(lag) = stamped.and_then(lag_since) {
+            m.delivery_lag.observe(lag);
+        }
+    }
+
+    /// Read `from..=to` of this room back from the stream and deliver it.
+    async fn repair(&self, deps: &RoomDeps, from: u64, to: u64) -> Result<(), String> {
+        let mut next = from;
+        // Bounded: each round advances `next` or ends.
+        for _ in 0..10_000 {
+            if next > to {
+                return Ok(());
+            }
+            let msgs = deps
+                .reader
+                .range(&self.subject, next, Some(to), REPAIR_BATCH)
+                .await
+                .map_err(|e| e.to_string())?;
+            let Some(last) = msgs.last().map(|m| m.seq) else {
+                return Ok(());
+            };
+            deps.metrics.gap_messages_repaired.inc_by(msgs.len() as u64);
+            for m in msgs {
+                self.deliver(deps, m.seq, &m.payload, m.time.as_deref());
+            }
+            next = last + 1;
+        }
+        Ok(())
+    }
+
+    /// Deliver `from..=to` from the stream, retrying a few times; if the stream stays
+    /// unreachable the members are asked to resume instead of silently missing messages.
+    async fn repair_or_resync(&self, deps: &RoomDeps, from: u64, to: u64) {
+        deps.metrics.gap_repairs.inc();
+        for attempt in 0..REPAIR_ATTEMPTS {
+            match self.repair(deps, from, to).await {
+                Ok(()) => {
+                    debug!(from, to, "gap repaired from the stream");
+                    return;
+                }
+                Err(e) => {
+                    warn!(attempt, from, to, error = %e, "gap repair failed");
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+            }
+        }
+        self.delivery().resync_all();
+    }
+
+    async fn on_live(&self, deps: &RoomDeps, msg: Message) {
+        let headers = msg.headers.unwrap_or_default();
+        if let Some(kind) = headers.get(subjects::HDR_EVENT) {
+            let skip = headers.get(subjects::HDR_USER).map(|v| v.as_str());
+            debug!(event = kind.as_str(), "room event");
+            let queued = self.delivery().broadcast_event(&msg.payload, skip);
+            deps.metrics.frames_out.inc_by(queued);
+            return;
+        }
+        let Some(seq) = header_u64(&headers, subjects::HDR_SEQUENCE) else {
+            warn!("live message without {} ignored", subjects::HDR_SEQUENCE);
+            return;
+        };
+        let prev = header_u64(&headers, subjects::HDR_LAST_SEQUENCE).unwrap_or(0);
+        let decision = self.delivery().on_live(seq, prev);
+        match decision {
+            Live::Stale => return,
+            Live::Deliver => {}
+            Live::RepairFirst { from, to } => Box::pin(self.repair_or_resync(deps, from, to)).await,
+        }
+        let stamp = headers.get(subjects::HDR_TIME_STAMP).map(|v| v.as_str());
+        self.deliver(deps, seq, &msg.payload, stamp);
+    }
+
+    async fn check_tail(&self, deps: &RoomDeps) {
+        match deps.reader.last_seq(&self.subject).await {
+            Ok(tail) => {
+                let behind = self.delivery().behind(tail);
+                if let Some((from, to)) = behind {
+                    info!(tail, last = from - 1, "room behind the stream; repairing");
+                    self.repair_or_resync(deps, from, to).await;
+                }
+            }
+            Err(e) => debug!(error = %e, "tail check failed"),
+        }
+    }
+}
+
+async fn run(room: Arc<Room>, deps: Arc<RoomDeps>, mut sub: async_nats::Subscriber) {
+    let period = deps.tail_check;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            msg = sub.next() => match msg {
+                Some(msg) => room.on_live(&deps, msg).await,
+                None => {
+                    warn!("live subscription ended; members must resume");
+                    room.delivery().resync_all();
+                    return;
+                }
+            },
+            _ = tick.tick() => Box::pin(room.check_tail(&deps)).await,
+        }
+    }
+}
+
+fn header_u64(h: &HeaderMap, name: &str) -> Option<u64> {
+    h.get(name).and_then(|v| v.as_str().parse().ok())
+}
+
+fn lag_since(stamp: &str) -> Option<Duration> {
+    let t =
+        time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339).ok()?;
+    let d = time::OffsetDateTime::now_utc() - t;
+    d.try_into().ok()
+}

@@ -1,0 +1,147 @@
+//! `joinRoom` and `reconnect`: claim the name, join the room at a seam, answer `OK`, send
+//! `welcome`, replay history up to the seam, go live, and (on a fresh join) tell the room.
+
+use natter_protocol::request::Join;
+use natter_protocol::{frame, token, ErrorCode, RpcError};
+use serde_json::{json, Value};
+use tracing::{info, warn};
+
+use crate::catchup;
+use crate::outbox::CloseReason;
+use crate::presence::{Holder, PresenceError};
+use crate::session::joined::Joined;
+use crate::session::Session;
+
+impl Session {
+    pub(super) async fn join(&mut self, id: Option<Value>, j: Join, reconnect: bool) -> bool {
+        let node = self.node.clone();
+        let failed = if reconnect {
+            ErrorCode::ReconnectFailed
+        } else {
+            ErrorCode::Unavailable
+        };
+        let id = id.as_ref();
+        // Joining a room this socket is already in (same user) restarts its catch-up.
+        let existing = self.joined.lock().remove(&j.room_name);
+        if let Some(e) = existing {
+            if e.user_id != j.user_id {
+                self.joined.lock().insert(j.room_name.clone(), e);
+                let err = RpcError::new(
+                    ErrorCode::Unauthorized,
+                    "this socket is in the room as another userId",
+                );
+                return self.reply_error(id, err).await;
+            }
+            node.rooms.leave(&e.membership);
+            if e.user_name != j.user_name {
+                node.presence.release(&e.presence_key, &self.id).await;
+            }
+        }
+        let max_rooms = node.config.max_rooms_per_socket;
+        if self.joined.lock().len() >= max_rooms {
+            let err = RpcError::invalid(format!(
+                "too many rooms on this socket (limit {max_rooms})"
+            ));
+            return self.reply_error(id, err).await;
+        }
+        let room_token = token::encode(&j.room_name);
+        let user_token = token::encode(&j.user_name);
+        let holder = Holder {
+            user_id: j.user_id.clone(),
+            user_name: j.user_name.clone(),
+            session_id: self.id.clone(),
+            node: node.name.clone(),
+        };
+        let claimed = match node
+            .presence
+            .claim(&room_token, &user_token, holder, &self.outbox)
+            .await
+        {
+            Ok(c) => c,
+            Err(PresenceError::Taken) => {
+                let msg = format!(
+                    "user name {:?} is already taken in room {:?}",
+                    j.user_name, j.room_name
+                );
+                return self
+                    .reply_error(id, RpcError::new(ErrorCode::NameTaken, msg))
+                    .await;
+            }
+            Err(e @ PresenceError::Unavailable(_)) => {
+                warn!(error = %e, "join failed");
+                return self
+                    .reply_error(id, RpcError::new(failed, format!("{e}; retry")))
+                    .await;
+            }
+        };
+        if let Some(old) = &claimed.replaced {
+            info!(room = %j.room_name, user = %j.user_name, old_session = %old.session_id, "name taken over by the same userId");
+            node.kick(&old.node, &old.session_id).await;
+        }
+        let member_id = node.next_member_id();
+        let joined = node
+            .rooms
+            .join(
+                &j.room_name,
+                member_id,
+                self.outbox.clone(),
+                user_token.clone(),
+            )
+            .await;
+        let membership = match joined {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "join failed");
+                node.presence.release(&claimed.key, &self.id).await;
+                return self
+                    .reply_error(id, RpcError::new(failed, format!("{e}; retry")))
+                    .await;
+            }
+        };
+        let room = membership.room.clone();
+        let seam = membership.seam;
+        self.joined.lock().insert(
+            j.room_name.clone(),
+            Joined {
+                membership,
+                user_id: j.user_id.clone(),
+                user_name: j.user_name.clone(),
+                user_token: user_token.clone(),
+                presence_key: claimed.key,
+            },
+        );
+        if !self.reply(id, json!("OK")).await {
+            return false;
+        }
+        let members = node.presence.members(&room_token).await;
+        let welcome = frame::notification(
+            "welcome",
+            json!({"sessionId": self.id, "node": node.name, "roomName": j.room_name, "members": members,
+                   "lastMessageId": (seam > 0).then(|| seam.to_string())}),
+        );
+        if !self.send(welcome).await {
+            return false;
+        }
+        match catchup::replay(&node, &self.outbox, &room, j.last_message_id, seam).await {
+            Ok(_) => {}
+            Err(catchup::CatchupError::SocketGone) => return false,
+            Err(e) => {
+                warn!(error = %e, "history replay failed; asking the client to resume");
+                self.outbox.close(CloseReason::Resync);
+                return true;
+            }
+        }
+        room.go_live(member_id, node.rooms.deps());
+        if !reconnect {
+            let note = frame::notification(
+                "newUser",
+                json!({"type": "system", "text": format!("{} has joined the room!", j.user_name),
+                       "roomName": j.room_name, "userName": j.user_name,
+                       "uuid": uuid::Uuid::new_v4().to_string()}),
+            );
+            node.publish_event(&room.live_subject, "newUser", &user_token, note)
+                .await;
+        }
+        true
+    }
+}

@@ -1,4 +1,5 @@
-//! Command-line flags and environment variables of `natter-archiver`.
+//! Command-line flags and environment variables of `natter-archiver`, and what
+//! `--check-config` validates beyond them.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -97,6 +98,21 @@ pub struct Config {
 
     #[command(flatten)]
     pub stream: natter_nats::StreamArgs,
+
+    #[command(flatten)]
+    pub ops: natter_ops::OpsArgs,
+}
+
+impl natter_ops::ServiceConfig for Config {
+    fn ops(&self) -> &natter_ops::OpsArgs {
+        &self.ops
+    }
+
+    /// Clap checks the ranges; the database URL is checked here.
+    fn validate(&self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        crate::store::parse_url(&self.database_url)?;
+        Ok(())
+    }
 }
 
 impl Config {
@@ -129,6 +145,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use natter_ops::ServiceConfig as _;
 
     #[test]
     fn defaults_and_bounds() {
@@ -142,6 +159,9 @@ mod tests {
             (c.batch_size, c.writers, c.consumer.as_str()),
             (1000, 2, "archiver")
         );
+        assert!(c.validate().is_ok());
+        let bad = Config::try_parse_from(["natter-archiver", "--database-url", "mysql:x"]).unwrap();
+        assert!(bad.validate().is_err());
         assert!(Config::try_parse_from([
             "natter-archiver",
             "--database-url",

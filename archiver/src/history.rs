@@ -158,9 +158,7 @@ pub async fn serve(
             if reply.error.is_some() {
                 metrics.history_errors.inc();
             }
-            metrics
-                .history_latency
-                .observe(started.elapsed().as_secs_f64());
+            metrics.history_latency.observe(started.elapsed());
             if let Err(e) = client.publish(reply_to, encode(&reply)).await {
                 metrics.nats_errors.inc();
                 tracing::warn!(error = %e, "could not send a history reply");

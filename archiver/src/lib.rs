@@ -12,8 +12,10 @@
 //!   or non-object payloads are skipped with a warning and the `poison` metric, then acked;
 //!   objects with missing fields are stored with those columns `NULL`).
 //! - [`history`]: `history.<token>` request/reply in queue group `natter-history`.
-//! - [`server`]: `/healthz`, `/readyz`, `/metrics`; [`metrics`]: the counters behind them.
-//! - [`config`]: flags and environment variables.
+//! - [`state`]: what the parts share, and readiness as `/readyz` reports it; the
+//!   operations endpoints themselves (`/healthz`, `/readyz`, `/metrics`) are natter-ops'.
+//! - [`metrics`]: the archiver's metrics (`METRICS.md`).
+//! - [`config`]: flags and environment variables, and what `--check-config` validates.
 //!
 //! Start order does not matter: the HTTP endpoints come up first (not ready), then the
 //! archiver waits for Postgres (migrations) and NATS (the `CHAT` stream is ensured, the
@@ -23,7 +25,7 @@ pub mod config;
 pub mod history;
 pub mod metrics;
 pub mod record;
-pub mod server;
+pub mod state;
 pub mod store;
 pub mod worker;
 
@@ -38,7 +40,7 @@ use tokio::sync::watch;
 pub use config::Config;
 
 use crate::metrics::Metrics;
-use crate::server::Shared;
+use crate::state::Shared;
 use crate::store::{Store, StoreError};
 use crate::worker::WorkerConfig;
 
@@ -88,7 +90,8 @@ pub async fn run(
     cfg: Config,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let metrics = Arc::new(Metrics::default());
+    let mut registry = natter_ops::Registry::new();
+    let metrics = Arc::new(Metrics::register(&mut registry));
     let store = Store::new(
         &cfg.database_url,
         cfg.db_pool_size,
@@ -96,6 +99,7 @@ pub async fn run(
         cfg.db_timeout(),
     )?;
     let shared = Arc::new(Shared {
+        registry,
         metrics: metrics.clone(),
         store: store.clone(),
         nats: std::sync::OnceLock::new(),
@@ -107,7 +111,7 @@ pub async fn run(
         .await
         .map_err(|e| Error::Listen(cfg.listen, e))?;
     tracing::info!(listen = %cfg.listen, "operations endpoints listening");
-    let app = server::router(shared.clone());
+    let app: axum::Router = natter_ops::router(shared.clone());
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "operations HTTP server failed");

@@ -57,6 +57,17 @@ fn classify(e: sqlx::Error) -> StoreError {
     }
 }
 
+/// The connection options in a Postgres URL (checked by `--check-config` too).
+pub fn parse_url(url: &str) -> Result<PgConnectOptions, StoreError> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(StoreError::Config(
+            "the database URL must start with postgres:// or postgresql://".into(),
+        ));
+    }
+    url.parse()
+        .map_err(|e: sqlx::Error| StoreError::Config(e.to_string()))
+}
+
 /// A page of archived messages, oldest first: `(seq, stored object text)`.
 #[derive(Debug, Default)]
 pub struct Page {
@@ -110,9 +121,7 @@ impl Store {
         connect_timeout: Duration,
         op_timeout: Duration,
     ) -> Result<Store, StoreError> {
-        let opts: PgConnectOptions = url
-            .parse()
-            .map_err(|e: sqlx::Error| StoreError::Config(e.to_string()))?;
+        let opts = parse_url(url)?;
         let statement_timeout = op_timeout.as_millis().to_string();
         let opts = opts
             .application_name("natter-archiver")

@@ -12,6 +12,7 @@
 //! the offending rows are isolated; those are skipped as poison (logged, counted, acked),
 //! so one bad message never blocks the consumer.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -275,17 +276,18 @@ async fn write_batch(
         Outcome::Committed { inserted, rejected } => {
             let elapsed = started.elapsed();
             metrics.batches.inc();
-            metrics.batch_size.observe(rows.len() as f64);
-            metrics.batch_latency.observe(elapsed.as_secs_f64());
-            metrics.rows_written.add(inserted);
+            metrics.batch_size.observe_value(rows.len() as f64);
+            metrics.batch_latency.observe(elapsed);
+            metrics.rows_written.inc_by(inserted);
             let poison_total = poisoned + rejected.len() as u64;
-            metrics.poison.add(poison_total);
+            metrics.poison.inc_by(poison_total);
             let archived = rows.len() as u64 - rejected.len() as u64;
-            metrics.duplicates.add(archived.saturating_sub(inserted));
+            metrics.duplicates.inc_by(archived.saturating_sub(inserted));
             if let Some(last) = rows.last() {
-                if last.seq > metrics.last_archived_seq.get() {
-                    metrics.last_archived_seq.set(last.seq);
-                }
+                metrics
+                    .last_archived_seq
+                    .inner()
+                    .fetch_max(last.seq, Ordering::Relaxed);
             }
             let mut ack_errors = 0u64;
             for m in &msgs {
@@ -294,10 +296,12 @@ async fn write_batch(
                 }
             }
             if ack_errors > 0 {
-                metrics.nats_errors.add(ack_errors);
+                metrics.nats_errors.inc_by(ack_errors);
                 tracing::warn!(ack_errors, "acks failed after commit; those messages will be redelivered and skipped as duplicates");
             }
-            metrics.messages_acked.add(msgs.len() as u64 - ack_errors);
+            metrics
+                .messages_acked
+                .inc_by(msgs.len() as u64 - ack_errors);
             tracing::debug!(
                 messages = msgs.len(),
                 inserted,
@@ -342,7 +346,7 @@ async fn keep_alive(msgs: &[jetstream::Message], every: Duration, metrics: &Metr
             }
         }
         if failed > 0 {
-            metrics.nats_errors.add(failed);
+            metrics.nats_errors.inc_by(failed);
         }
         tracing::debug!(
             messages = msgs.len(),
@@ -393,9 +397,7 @@ async fn write_rows(
                     attempt = attempt.saturating_add(1);
                     if !retrying {
                         retrying = true;
-                        metrics
-                            .batches_retrying
-                            .set(metrics.batches_retrying.get() + 1);
+                        metrics.batches_retrying.inc();
                     }
                     let delay = backoff(attempt, Duration::from_millis(100), retry_max);
                     tracing::warn!(error = %e, rows = piece.len(), attempt, retry_in = ?delay, "writing a batch failed; keeping it and retrying");
@@ -411,9 +413,7 @@ async fn write_rows(
         }
     }
     if retrying {
-        metrics
-            .batches_retrying
-            .set(metrics.batches_retrying.get() - 1);
+        metrics.batches_retrying.dec();
         tracing::info!(rows = rows.len(), "batch written after retries");
     }
     Outcome::Committed { inserted, rejected }
@@ -421,9 +421,7 @@ async fn write_rows(
 
 fn abandon(metrics: &Metrics, retrying: bool) -> Outcome {
     if retrying {
-        metrics
-            .batches_retrying
-            .set(metrics.batches_retrying.get() - 1);
+        metrics.batches_retrying.dec();
     }
     Outcome::Abandoned
 }
@@ -444,12 +442,13 @@ pub async fn monitor_lag(
         }
         match tokio::time::timeout(Duration::from_secs(5), consumer.get_info()).await {
             Ok(Ok(info)) => {
+                let pending = i64::try_from(info.num_pending).unwrap_or(i64::MAX);
+                let ack_pending = i64::try_from(info.num_ack_pending).unwrap_or(i64::MAX);
+                metrics.consumer_pending.set(pending);
+                metrics.consumer_ack_pending.set(ack_pending);
                 metrics
-                    .consumer_pending
-                    .set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
-                metrics
-                    .consumer_ack_pending
-                    .set(i64::try_from(info.num_ack_pending).unwrap_or(i64::MAX));
+                    .consumer_lag
+                    .set(pending.saturating_add(ack_pending));
             }
             Ok(Err(e)) => {
                 metrics.nats_errors.inc();

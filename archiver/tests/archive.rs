@@ -236,7 +236,7 @@ async fn postgres_outage_loses_nothing_and_lag_returns_to_zero() {
     assert_eq!(wait_count(&db, 300, BOUND).await, 300);
     db.close().await;
 
-    crash_postgres(&mut stack.pg).await;
+    stack.pg.kill();
     sent.extend(publish_many(&stack.js, &ROOMS, 700).await);
     // The archiver holds what it fetched and the rest waits in the stream: lag shows it.
     let lagging = natter_testkit::eventually(Duration::from_secs(20), || async {
@@ -514,7 +514,7 @@ async fn sigterm_during_an_outage_returns_held_batches() {
             "200",
         ])
         .await;
-    crash_postgres(&mut stack.pg).await;
+    stack.pg.kill();
     let sent = publish_many(&stack.js, &ROOMS, 300).await;
     let holding = natter_testkit::eventually(Duration::from_secs(30), || async {
         arch.metric("natter_archiver_batches_retrying")

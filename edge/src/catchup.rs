@@ -137,7 +137,6 @@ async fn archive_request(
     }
 }
 
-
 /// What a replay sent.
 #[derive(Debug, Default)]
 pub struct Replayed {

@@ -1,4 +1,5 @@
-//! Edge configuration: every setting is a flag with an environment variable twin.
+//! Edge configuration: every setting is a flag with an environment variable twin, and what
+//! `--check-config` validates beyond the flags' types.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -87,12 +88,46 @@ pub struct Config {
     #[arg(long, env = "NATTER_NATS_TIMEOUT_MS", default_value_t = 5000)]
     pub nats_timeout_ms: u64,
 
-    /// Log format: `text` or `json`.
-    #[arg(long, env = "NATTER_LOG_FORMAT", default_value = "text")]
-    pub log_format: String,
-
     #[command(flatten)]
     pub stream: StreamArgs,
+
+    /// `--log-format`, `--check-config`.
+    #[command(flatten)]
+    pub ops: natter_ops::OpsArgs,
+}
+
+impl natter_ops::ServiceConfig for Config {
+    fn ops(&self) -> &natter_ops::OpsArgs {
+        &self.ops
+    }
+
+    /// What the flags' types cannot say.
+    fn validate(&self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let positive = [
+            ("--max-frame-bytes", self.max_frame_bytes as f64),
+            ("--max-text-bytes", self.max_text_bytes as f64),
+            ("--max-rooms-per-socket", self.max_rooms_per_socket as f64),
+            ("--max-connections", self.max_connections as f64),
+            ("--outbound-queue", self.outbound_queue as f64),
+            ("--rate-per-sec", self.rate_per_sec),
+            ("--rate-burst", self.rate_burst),
+            ("--ping-interval-secs", self.ping_interval_secs as f64),
+            ("--idle-timeout-secs", self.idle_timeout_secs as f64),
+            ("--tail-check-secs", self.tail_check_secs as f64),
+        ];
+        for (flag, v) in positive {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(format!("{flag} must be greater than 0").into());
+            }
+        }
+        if self.idle_timeout_secs <= self.ping_interval_secs {
+            return Err(
+                "--idle-timeout-secs must exceed --ping-interval-secs (pings keep a quiet client alive)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Config {
@@ -115,5 +150,26 @@ impl Config {
             .filter(|h| !h.is_empty())
             .map(|h| format!("{h}-{}", std::process::id()))
             .unwrap_or_else(|| format!("edge-{}", std::process::id()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use natter_ops::ServiceConfig as _;
+
+    #[test]
+    fn defaults_are_valid_and_nonsense_is_not() {
+        let c = Config::try_parse_from(["natter-edge"]).unwrap();
+        assert!(c.validate().is_ok());
+        assert_eq!(c.ops.log_format, natter_ops::LogFormat::Text);
+        for bad in [
+            ["--rate-per-sec", "0"],
+            ["--outbound-queue", "0"],
+            ["--idle-timeout-secs", "10"],
+        ] {
+            let c = Config::try_parse_from(["natter-edge", bad[0], bad[1]]).unwrap();
+            assert!(c.validate().is_err(), "{bad:?}");
+        }
     }
 }

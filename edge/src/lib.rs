@@ -42,7 +42,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let drainer = {
         let node: Arc<Node> = node.clone();
         tokio::spawn(async move {
-            shutdown_signal().await;
+            natter_ops::shutdown_signal().await;
             server::drain(&node, drain_timeout).await;
             let _ = stop_tx.send(());
         })
@@ -53,22 +53,4 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     serve.await?;
     drainer.await?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = term => tracing::info!("SIGTERM"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
-    }
 }

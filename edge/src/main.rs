@@ -1,20 +1,17 @@
-//! `natter-edge`: see the crate docs and `natter-edge --help`.
+//! `natter-edge`: parse the configuration (`--check-config` validates it and exits), set up
+//! logging, run the edge until SIGTERM/SIGINT; see the crate docs and `natter-edge --help`.
 
-use clap::Parser;
+use std::process::ExitCode;
+
 use natter_edge::Config;
-use tracing_subscriber::EnvFilter;
+use natter_ops::Start;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    if config.log_format == "json" {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .json()
-            .init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
-    natter_edge::run(config).await
+async fn main() -> anyhow::Result<ExitCode> {
+    let config = match natter_ops::start::<Config>() {
+        Start::Run(config) => config,
+        Start::Exit(code) => return Ok(code),
+    };
+    natter_edge::run(config).await?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -15,6 +15,8 @@ use thiserror::Error;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
+use natter_ops::{Probe, Readiness, Registry};
+
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::outbox::{CloseReason, Outbox};
@@ -77,7 +79,7 @@ pub struct Node {
     pub sessions: Sessions,
     pub metrics: Arc<Metrics>,
     /// Every series this edge exposes at `/metrics`.
-    pub registry: prometheus_client::registry::Registry,
+    pub registry: Registry,
     pub limits: Limits,
     pub connections: Arc<Semaphore>,
     draining: AtomicBool,
@@ -111,9 +113,8 @@ impl Node {
             max_text_bytes: config.max_text_bytes,
             max_history_page: 500,
         };
-        let metrics = Arc::new(Metrics::default());
-        let mut registry = prometheus_client::registry::Registry::default();
-        metrics.register(&mut registry);
+        let mut registry = Registry::new();
+        let metrics = Arc::new(Metrics::new(&mut registry));
         let rooms = Rooms::new(RoomDeps {
             nats: nats.clone(),
             reader: reader.clone(),
@@ -217,9 +218,14 @@ impl Node {
     }
 
     /// Whether this edge should get new clients.
-    pub fn is_ready(&self) -> bool {
-        !self.is_draining()
-            && self.nats.connection_state() == async_nats::connection::State::Connected
+    pub fn readiness(&self) -> Readiness {
+        if self.is_draining() {
+            Readiness::not_ready("draining")
+        } else if self.nats.connection_state() != async_nats::connection::State::Connected {
+            Readiness::not_ready("NATS not connected")
+        } else {
+            Readiness::Ready
+        }
     }
 
     /// Fail readiness and ask every client to move.
@@ -231,5 +237,16 @@ impl Node {
         for o in all {
             o.drain();
         }
+    }
+}
+
+/// `/readyz` and `/metrics` of the ops router.
+impl Probe for Node {
+    fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    async fn readiness(&self) -> Readiness {
+        Node::readiness(self)
     }
 }

@@ -1,11 +1,11 @@
-//! The HTTP side of the edge: `/chat` (WebSocket upgrade), `/healthz`, `/readyz`,
-//! `/metrics`, 404 for anything else; and the SIGTERM drain.
+//! The HTTP side of the edge: `/chat` (WebSocket upgrade), the ops routes of `natter_ops`
+//! (`/healthz`, `/readyz`, `/metrics`), 404 for anything else; and the SIGTERM drain.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -16,14 +16,12 @@ use crate::node::Node;
 use crate::outbox::CloseReason;
 use crate::session;
 
-/// The edge's routes.
+/// The edge's routes: `/chat` and the ops routes (`/healthz`, `/readyz`, `/metrics`).
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/chat", get(chat))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(node)
+        .with_state(node.clone())
+        .merge(natter_ops::router(node))
 }
 
 async fn chat(State(node): State<Arc<Node>>, upgrade: IncomingUpgrade) -> Response {
@@ -52,31 +50,6 @@ async fn chat(State(node): State<Arc<Node>>, upgrade: IncomingUpgrade) -> Respon
     response.into_response()
 }
 
-async fn readyz(State(node): State<Arc<Node>>) -> Response {
-    if node.is_ready() {
-        (StatusCode::OK, "ready").into_response()
-    } else if node.is_draining() {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "NATS not connected").into_response()
-    }
-}
-
-async fn metrics(State(node): State<Arc<Node>>) -> Response {
-    let mut text = String::with_capacity(8192);
-    if prometheus_client::encoding::text::encode(&mut text, &node.registry).is_err() {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
-}
-
 /// Drain: fail readiness, ask every client to reconnect elsewhere, wait for them to go
 /// (up to most of `timeout`), close whoever is left. Returns within `timeout`.
 pub async fn drain(node: &Node, timeout: Duration) {
@@ -100,8 +73,5 @@ pub async fn drain(node: &Node, timeout: Duration) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    info!(
-        remaining = node.metrics.connections.get(),
-        "drained"
-    );
+    info!(remaining = node.metrics.connections.get(), "drained");
 }

@@ -86,8 +86,7 @@ async fn names_are_unique_per_room_across_edges_and_the_same_user_takes_over() {
     // The same userId takes the name over; the old session is closed as replaced.
     let mut new = ChatClient::connect(&s.edges[1].ws_url()).await.unwrap();
     new.join("r", "u1", "Ann", None, true).await.unwrap();
-    let closed = old.next_matching(WAIT, |_| false).await;
-    assert!(closed.is_none());
+    assert_eq!(close_code(&mut old).await, Some(4001));
     // And still nobody else can take it.
     let mut third = ChatClient::connect(&s.edges[0].ws_url()).await.unwrap();
     let err = third.join("r", "u3", "Ann", None, false).await.unwrap_err();
@@ -100,18 +99,7 @@ async fn old_session_gets_a_replaced_close_code() {
     let (mut old, _) = joined(&s.edges[0], "r", "u1", "Ann").await;
     let mut new = ChatClient::connect(&s.edges[1].ws_url()).await.unwrap();
     new.join("r", "u1", "Ann", None, false).await.unwrap();
-    let mut close = None;
-    for _ in 0..100 {
-        match old.next_event(WAIT).await {
-            Some(Event::Close(code, _)) => {
-                close = Some(code);
-                break;
-            }
-            Some(Event::Json(_)) => continue,
-            other => panic!("{other:?}"),
-        }
-    }
-    assert_eq!(close, Some(4001));
+    assert_eq!(close_code(&mut old).await, Some(4001));
 }
 
 #[tokio::test]
@@ -155,18 +143,28 @@ async fn resume_after_a_drop_delivers_exactly_the_missed_messages_while_traffic_
     drop(bob); // network drop: no close frame
 
     // Keep sending while Bob is away and while he resumes.
+    let (away_tx, away_rx) = tokio::sync::oneshot::channel();
     let sender = tokio::spawn(async move {
+        let mut away_tx = Some(away_tx);
         for i in 10..310 {
             ann.send_message("r", "u1", "Ann", "x", &format!("m{i}"))
                 .await;
+            if i == 60 {
+                // Fifty messages went out while Bob was away: let him come back.
+                away_tx.take().map(|tx| tx.send(()));
+            }
             if i % 10 == 0 {
+                // Pacing (not synchronisation): spread the traffic over Bob's resume.
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
         let echoes = ann.room_messages(310, WAIT).await;
         (ann, echoes)
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::timeout(WAIT, away_rx)
+        .await
+        .expect("sender under way")
+        .expect("sender alive");
     let mut bob = ChatClient::connect(&s.edges[1].ws_url()).await.unwrap();
     bob.join("r", "u2", "Bob", Some(last), true).await.unwrap();
     let rest = bob.room_messages(300, WAIT).await;
@@ -309,18 +307,7 @@ async fn bad_input_gets_the_documented_error_and_nothing_else() {
         "p".repeat(70 * 1024)
     );
     c.send_text(&huge).await.unwrap();
-    let mut code = None;
-    for _ in 0..10 {
-        match c.next_event(WAIT).await {
-            Some(Event::Close(cc, _)) => {
-                code = Some(cc);
-                break;
-            }
-            Some(_) => continue,
-            None => break,
-        }
-    }
-    assert_eq!(code, Some(1009));
+    assert_eq!(close_code(&mut c).await, Some(1009));
     assert_eq!(watcher.call("ping", json!({})).await["result"], "pong");
 }
 

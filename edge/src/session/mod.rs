@@ -74,9 +74,13 @@ async fn run(node: Arc<Node>, ws: WebSocket<Io>, id: String, _permit: OwnedSemap
     };
     let ids = node.clone();
     let mut writer = tokio::spawn(
-        write_loop(halves.writer, inputs, settings, halves.liveness, move || {
-            ids.next_request_id()
-        })
+        write_loop(
+            halves.writer,
+            inputs,
+            settings,
+            halves.liveness,
+            move || ids.next_request_id(),
+        )
         .in_current_span(),
     );
 

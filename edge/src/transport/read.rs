@@ -265,6 +265,9 @@ mod tests {
     #[test]
     fn a_close_frame_ends_reading() {
         let mut r = Reassembler::new(10);
-        assert_eq!(r.push(OpCode::Close, true, b""), Step::End(ReadEnd::ClientClosed));
+        assert_eq!(
+            r.push(OpCode::Close, true, b""),
+            Step::End(ReadEnd::ClientClosed)
+        );
     }
 }

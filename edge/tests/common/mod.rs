@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use natter_testkit::{ChatClient, NatsServer, Service};
+use natter_testkit::{ChatClient, Event, NatsServer, Service};
 use serde_json::Value;
 
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -71,4 +71,18 @@ pub fn assert_once_in_order(msgs: &[Value]) {
         is.windows(2).all(|w| w[0] < w[1]),
         "_ids not ascending: {is:?}"
     );
+}
+
+/// The close code the server sends next, skipping other frames; `None` when the connection
+/// ended without a close frame or nothing came within [`WAIT`] (so a test asserting a code
+/// fails on either).
+pub async fn close_code(c: &mut ChatClient) -> Option<u16> {
+    for _ in 0..10_000 {
+        match c.next_event(WAIT).await? {
+            Event::Close(code, _) => return Some(code),
+            Event::Gone(_) => return None,
+            Event::Json(_) | Event::Text(_) => continue,
+        }
+    }
+    None
 }

@@ -54,7 +54,10 @@ impl Sink for Recorder {
                 return Offer::Overflow;
             }
         }
-        match std::str::from_utf8(&frame).ok().and_then(|s| s.parse().ok()) {
+        match std::str::from_utf8(&frame)
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
             Some(seq) => self.got.borrow_mut().push(seq),
             None => self.events.borrow_mut().push(frame),
         }
@@ -113,7 +116,10 @@ fn a_catching_up_member_gets_what_arrived_after_its_seam_when_it_goes_live() {
     d.deliver(6, &frame(6));
     d.deliver(8, &frame(8));
     assert_eq!(live.got(), vec![6, 8]);
-    assert!(joining.got().is_empty(), "buffered until the replay is done");
+    assert!(
+        joining.got().is_empty(),
+        "buffered until the replay is done"
+    );
     assert_eq!(d.go_live(2), 2);
     d.deliver(9, &frame(9));
     assert_eq!(joining.got(), vec![6, 8, 9]);
@@ -166,7 +172,10 @@ fn events_skip_the_user_they_are_about() {
     let b = Recorder::default();
     d.add_member(1, a.clone(), "a".into());
     d.add_member(2, b.clone(), "b".into());
-    assert_eq!(d.broadcast_event(&Bytes::from_static(b"typing"), Some("a")), 1);
+    assert_eq!(
+        d.broadcast_event(&Bytes::from_static(b"typing"), Some("a")),
+        1
+    );
     assert!(a.events.borrow().is_empty());
     assert_eq!(b.events.borrow().len(), 1);
     assert_eq!(d.broadcast_event(&Bytes::from_static(b"hello"), None), 2);
@@ -335,7 +344,10 @@ impl World {
                 }
             }
             Op::Duplicate => {
-                if let Some((s, p)) = self.room.as_ref().and_then(|r| r.in_flight.front().copied())
+                if let Some((s, p)) = self
+                    .room
+                    .as_ref()
+                    .and_then(|r| r.in_flight.front().copied())
                 {
                     self.arrive(s, p);
                 }

@@ -39,9 +39,8 @@ impl Session {
         }
         let max_rooms = node.config.max_rooms_per_socket;
         if self.joined.lock().len() >= max_rooms {
-            let err = RpcError::invalid(format!(
-                "too many rooms on this socket (limit {max_rooms})"
-            ));
+            let err =
+                RpcError::invalid(format!("too many rooms on this socket (limit {max_rooms})"));
             return self.reply_error(id, err).await;
         }
         let room_token = token::encode(&j.room_name);

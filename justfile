@@ -20,10 +20,11 @@ build:
 up: tools build
     scripts/up.sh
 
-# The whole test suite, against real nats-server and Postgres processes.
+# The whole test suite, against real nats-server and Postgres processes, then the deploy check.
 test: tools
     cargo build --bins
-    cargo test --workspace --no-fail-fast -- --test-threads 2
+    cargo test --workspace --exclude natter-deploy-check --no-fail-fast -- --test-threads 2
+    scripts/deploy-check.sh
 
 # Formatting and lints, as CI would want them.
 lint:
@@ -34,3 +35,12 @@ lint:
 bench scenario *args: tools
     cargo build --release --bins
     target/release/natter-bench {{scenario}} {{args}}
+
+# Deploy to a cluster: `just deploy minikube` or `just deploy okteto` (see README "Deploy").
+deploy target:
+    scripts/deploy.sh {{target}}
+
+# Render, validate and cross-check every overlay; build the images and run them (what CI runs).
+deploy-check: tools
+    cargo build --bins
+    scripts/deploy-check.sh

@@ -1,0 +1,352 @@
+//! The images, run as a pod runs them, against real nats-server and Postgres.
+//!
+//! `just deploy-check` builds the images and sets `NATTER_IMAGE_*`; without them, or
+//! without a docker daemon, this test fails (it never skips). Containers use the host's
+//! network and listen on 127.0.0.1 only; their root file systems are read-only.
+//!
+//! One scenario, in order: two edges, an archiver and a filestore start with the shared
+//! settings of `k8s/base/natter.env`; two clients on different edges see each other's
+//! message with an `_id`; an image and a file are uploaded, announced and read back; the
+//! archiver writes them to Postgres; every `natter_*` metric the dashboard and the alerts
+//! use is served; logs are JSON; and SIGTERM reaches the edge through tini, which drains
+//! its client and exits 0.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine as _;
+use natter_deploy_check::{metric_names, metrics_promised, shared_settings, Container, Images};
+use natter_testkit::client::msg_id;
+use natter_testkit::{eventually, free_port, http, ChatClient, NatsServer, Postgres};
+use serde_json::{json, Value};
+
+const ROOM: &str = "deploy check room";
+const DRAIN_SECS: u64 = 3;
+/// The image's non-root user (Dockerfile).
+const IMAGE_UID: u32 = 10001;
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// The natter-config settings, pointed at this test's single NATS node.
+fn settings(nats_url: &str) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = shared_settings()
+        .into_iter()
+        .filter(|(k, _)| k != "NATS_URL" && k != "NATTER_STREAM_REPLICAS")
+        .collect();
+    env.push(("NATS_URL".into(), nats_url.into()));
+    env.push(("NATTER_STREAM_REPLICAS".into(), "1".into()));
+    env.push(("NATTER_DRAIN_TIMEOUT_SECS".into(), DRAIN_SECS.to_string()));
+    env
+}
+
+async fn wait_ready(c: &Container, addr: SocketAddr) {
+    let ok = eventually(Duration::from_secs(40), || async move {
+        matches!(http::get(addr, "/readyz", &[]).await, Ok(r) if r.status == 200)
+    })
+    .await;
+    assert!(ok, "{} not ready on {addr}:\n{}", c.name, c.logs());
+}
+
+/// Names of the samples a `/metrics` page serves.
+async fn served_metrics(addr: SocketAddr) -> Vec<String> {
+    let r = http::get(addr, "/metrics", &[])
+        .await
+        .expect("GET /metrics");
+    assert_eq!(r.status, 200, "/metrics on {addr}");
+    r.text()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next().map(str::to_owned))
+        .collect()
+}
+
+fn multipart(message: &Value, file_name: &str, data: &[u8]) -> (String, Vec<u8>) {
+    let boundary = "natter-deploy-check-boundary";
+    let mut body = Vec::new();
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"message\"\r\n\r\n{message}\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"files[]\"; filename=\"{file_name}\"\r\nContent-Type: application/octet-stream\r\n\r\n")
+            .as_bytes(),
+    );
+    body.extend_from_slice(data);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+fn params(user_id: &str, user_name: &str, uuid: &str) -> Value {
+    json!({"userId": user_id, "userName": user_name, "roomName": ROOM, "uuid": uuid,
+           "date": 1_700_000_000_000u64, "ack": false})
+}
+
+#[test]
+fn metric_names_are_whole_words() {
+    let names = metric_names(
+        "rate(natter_edge_frames_out_total[1m]) / x_natter_no + natter_archiver_db_up==0 natter_",
+    );
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        ["natter_archiver_db_up", "natter_edge_frames_out_total"]
+    );
+}
+
+#[test]
+fn the_deploy_files_promise_metrics_and_settings() {
+    assert!(metrics_promised().contains("natter_archiver_consumer_lag"));
+    assert!(shared_settings()
+        .iter()
+        .any(|(k, v)| k == "NATTER_STREAM_REPLICAS" && v == "3"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_serve_chat_uploads_and_archive_and_drain_on_sigterm() {
+    let images = Images::from_env();
+    let nats = NatsServer::start().await;
+    let pg = Postgres::start().await;
+    let env = settings(&nats.url());
+    let tag = std::process::id();
+
+    // The upload volume, owned by the image's user as fsGroup would make it.
+    let data = tempfile::Builder::new()
+        .prefix("natter-deploy-check-files-")
+        .tempdir()
+        .expect("temp dir");
+    std::os::unix::fs::chown(data.path(), Some(IMAGE_UID), Some(IMAGE_UID))
+        .expect("chown the upload dir to the image's user (run as root)");
+    let data_dir: PathBuf = data.path().to_path_buf();
+
+    let (archiver_port, filestore_port) = (free_port(), free_port());
+    let edge_ports = [free_port(), free_port()];
+    let archiver = Container::run(
+        &format!("natter-check-archiver-{tag}"),
+        &images.archiver,
+        &[
+            "--listen".into(),
+            loopback(archiver_port).to_string(),
+            "--database-url".into(),
+            pg.url(),
+        ],
+        &env,
+        &[],
+    );
+    let filestore = Container::run(
+        &format!("natter-check-filestore-{tag}"),
+        &images.filestore,
+        &[
+            "--listen".into(),
+            loopback(filestore_port).to_string(),
+            "--data-dir".into(),
+            "/data".into(),
+        ],
+        &env,
+        &[(data_dir, "/data")],
+    );
+    let edges: Vec<Container> = edge_ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            Container::run(
+                &format!("natter-check-edge{i}-{tag}"),
+                &images.edge,
+                &[
+                    "--listen".into(),
+                    loopback(*port).to_string(),
+                    "--node-name".into(),
+                    format!("edge-{i}"),
+                ],
+                &env,
+                &[],
+            )
+        })
+        .collect();
+    wait_ready(&archiver, loopback(archiver_port)).await;
+    wait_ready(&filestore, loopback(filestore_port)).await;
+    for (c, port) in edges.iter().zip(edge_ports) {
+        wait_ready(c, loopback(port)).await;
+    }
+
+    // Chat: clients on different edges see one message, with its _id.
+    let mut ann = ChatClient::connect(&format!("ws://{}/chat", loopback(edge_ports[0])))
+        .await
+        .expect("connect to edge 0");
+    let mut bob = ChatClient::connect(&format!("ws://{}/chat", loopback(edge_ports[1])))
+        .await
+        .expect("connect to edge 1");
+    let welcome = ann
+        .join(ROOM, "u-ann", "Ann", None, false)
+        .await
+        .expect("Ann joins");
+    assert_eq!(welcome["params"]["node"], json!("edge-0"));
+    bob.join(ROOM, "u-bob", "Bob", None, false)
+        .await
+        .expect("Bob joins");
+    ann.send_message(
+        ROOM,
+        "u-ann",
+        "Ann",
+        "hello from a container",
+        "deploy-text-1",
+    )
+    .await;
+    for c in [&mut ann, &mut bob] {
+        let got = c.room_messages(1, Duration::from_secs(15)).await;
+        assert_eq!(got.len(), 1, "the text message reaches both edges' clients");
+        assert_eq!(got[0]["params"]["uuid"], json!("deploy-text-1"));
+        assert!(msg_id(&got[0]) > 0);
+    }
+
+    // Uploads through the filestore container, onto its volume, announced to the room.
+    let fs = loopback(filestore_port);
+    let mut png = vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
+    png.extend((0u8..56).map(|i| i.wrapping_mul(37)));
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+    let mut p = params("u-ann", "Ann", "deploy-img-1");
+    p["base64ImgString"] = json!(b64);
+    let image = json!({"jsonrpc": "2.0", "method": "imageMessage", "params": p, "id": 7});
+    let r = http::request(
+        fs,
+        "POST",
+        "/images",
+        &[("Content-Type", "application/json")],
+        image.to_string().as_bytes(),
+    )
+    .await
+    .expect("POST /images");
+    assert_eq!(
+        r.status,
+        200,
+        "POST /images: {}\n{}",
+        r.text(),
+        filestore.logs()
+    );
+    let r = http::get(fs, "/images/deploy-img-1", &[])
+        .await
+        .expect("GET /images");
+    assert_eq!(r.status, 200, "GET /images/deploy-img-1");
+    let stored: Value = serde_json::from_slice(&r.body).expect("image JSON");
+    assert_eq!(stored["params"]["base64ImgString"], json!(b64));
+
+    let file_bytes: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    let mut p = params("u-bob", "Bob", "deploy-file-1");
+    p["fileName"] = json!("notes.bin");
+    p["fileSize"] = json!(file_bytes.len());
+    p["fileType"] = json!("application/octet-stream");
+    let msg = json!({"jsonrpc": "2.0", "method": "fileMessage", "params": p, "id": 8});
+    let (content_type, body) = multipart(&msg, "notes.bin", &file_bytes);
+    let r = http::request(
+        fs,
+        "POST",
+        "/files",
+        &[("Content-Type", &content_type)],
+        &body,
+    )
+    .await
+    .expect("POST /files");
+    assert_eq!(
+        r.status,
+        200,
+        "POST /files: {}\n{}",
+        r.text(),
+        filestore.logs()
+    );
+    let r = http::get(fs, "/files/deploy-file-1", &[])
+        .await
+        .expect("GET /files");
+    assert_eq!(r.status, 200, "GET /files/deploy-file-1");
+    assert_eq!(r.body, file_bytes, "the file comes back byte for byte");
+    for c in [&mut ann, &mut bob] {
+        let got = c.room_messages(2, Duration::from_secs(15)).await;
+        let methods: Vec<&Value> = got.iter().map(|m| &m["method"]).collect();
+        assert_eq!(
+            methods,
+            [&json!("imageMessage"), &json!("fileMessage")],
+            "{got:?}"
+        );
+        assert!(got.iter().all(|m| msg_id(m) > 0));
+    }
+
+    // The archiver container wrote all three to Postgres.
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(&pg.url())
+        .await
+        .expect("connect to postgres");
+    let archived = eventually(Duration::from_secs(20), || {
+        let db = db.clone();
+        async move {
+            let n: Result<i64, _> = sqlx::query_scalar(
+                "SELECT count(*) FROM messages WHERE room = $1 AND uuid IN ('deploy-text-1', 'deploy-img-1', 'deploy-file-1')",
+            )
+            .bind(ROOM)
+            .fetch_one(&db)
+            .await;
+            matches!(n, Ok(3))
+        }
+    })
+    .await;
+    assert!(
+        archived,
+        "the archiver stored the messages:\n{}",
+        archiver.logs()
+    );
+
+    // Every natter_* metric the dashboard and the alert rules use is served.
+    let mut served = Vec::new();
+    for port in [edge_ports[0], archiver_port, filestore_port] {
+        served.extend(served_metrics(loopback(port)).await);
+    }
+    let missing: Vec<String> = metrics_promised()
+        .into_iter()
+        .filter(|m| !served.contains(m))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "metrics used by k8s/base/observability but not served: {missing:?}"
+    );
+
+    // NATTER_LOG_FORMAT=json (natter-config): every service logs JSON lines.
+    for c in edges.iter().chain([&archiver, &filestore]) {
+        let logs = c.logs();
+        let first = logs.lines().find(|l| !l.trim().is_empty());
+        let parsed = first.and_then(|l| serde_json::from_str::<Value>(l).ok());
+        assert!(
+            parsed.is_some_and(|v| v.is_object()),
+            "{} does not log JSON:\n{logs}",
+            c.name
+        );
+    }
+
+    // SIGTERM to the container reaches the edge through tini: it drains and exits 0.
+    edges[0].signal("TERM");
+    let drain = ann
+        .next_matching(Duration::from_secs(10), |v| v["method"] == "reconnect")
+        .await
+        .unwrap_or_else(|| panic!("no drain request after SIGTERM:\n{}", edges[0].logs()));
+    assert_eq!(drain["params"]["reason"], json!("draining"));
+    assert!(drain.get("id").is_some(), "the drain request carries an id");
+    let edge0 = &edges[0];
+    let stopped = eventually(Duration::from_secs(DRAIN_SECS + 10), || async move {
+        !edge0.running()
+    })
+    .await;
+    assert!(
+        stopped,
+        "the edge did not exit after draining:\n{}",
+        edge0.logs()
+    );
+    assert_eq!(
+        edge0.exit_code(),
+        Some(0),
+        "exit code after drain:\n{}",
+        edge0.logs()
+    );
+}

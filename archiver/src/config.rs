@@ -97,7 +97,7 @@ pub struct Config {
     pub shutdown_secs: u64,
 
     #[command(flatten)]
-    pub stream: natter_nats::StreamArgs,
+    pub stream: natter_bus::StreamArgs,
 
     #[command(flatten)]
     pub ops: natter_ops::OpsArgs,

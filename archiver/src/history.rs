@@ -1,6 +1,6 @@
 //! The history service: answers `history.<room token>` requests (queue group
 //! `natter-history`, so replicas share the load) from Postgres, per the contract in
-//! `natter_nats::history`.
+//! `natter_bus::history`.
 //!
 //! - `after` only: the oldest `limit` messages with `_id > after`; `more` = newer ones exist.
 //! - `before` only: the newest `limit` messages with `_id < before`, returned oldest first;
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use async_nats::Client;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use natter_nats::history::{HistoryItem, HistoryReply, HistoryRequest, MAX_PAGE};
+use natter_bus::history::{HistoryItem, HistoryReply, HistoryRequest, MAX_PAGE};
 use serde_json::value::RawValue;
 use tokio::sync::{watch, Semaphore};
 
@@ -116,14 +116,14 @@ pub async fn serve(
     let mut sub = client
         .queue_subscribe(
             SUBJECT_ALL,
-            natter_nats::subjects::HISTORY_QUEUE.to_string(),
+            natter_bus::subjects::HISTORY_QUEUE.to_string(),
         )
         .await
         .map_err(|e| HistoryError::Subscribe(e.to_string()))?;
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     tracing::info!(
         subject = SUBJECT_ALL,
-        queue = natter_nats::subjects::HISTORY_QUEUE,
+        queue = natter_bus::subjects::HISTORY_QUEUE,
         "history service listening"
     );
     loop {

@@ -142,7 +142,7 @@ pub async fn run(
 
     // NATS: connection, stream, consumer.
     let Some(client) = until_ok("connecting to NATS", &mut shutdown, || {
-        natter_nats::connect(&cfg.nats_url, "natter-archiver", Duration::from_secs(10))
+        natter_bus::connect(&cfg.nats_url, "natter-archiver", Duration::from_secs(10))
     })
     .await
     else {
@@ -151,7 +151,7 @@ pub async fn run(
     let _ = shared.nats.set(client.clone());
     let js = async_nats::jetstream::new(client.clone());
     if until_ok("ensuring the CHAT stream", &mut shutdown, || {
-        natter_nats::ensure_chat_stream(&js, &cfg.stream)
+        natter_bus::ensure_chat_stream(&js, &cfg.stream)
     })
     .await
     .is_none()

@@ -76,7 +76,7 @@ pub struct Page {
     pub more: bool,
 }
 
-/// Which range of a room to read (see `natter_nats::history::HistoryRequest`).
+/// Which range of a room to read (see `natter_bus::history::HistoryRequest`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Range {
     /// `_id > after`, oldest first.

@@ -70,7 +70,7 @@ pub async fn ensure_consumer(
     let err =
         |e: &dyn std::fmt::Display| WorkerError::Consumer(cfg.consumer.clone(), e.to_string());
     let stream = js
-        .get_stream(natter_nats::subjects::STREAM)
+        .get_stream(natter_bus::subjects::STREAM)
         .await
         .map_err(|e| err(&e))?;
     match stream.create_consumer(consumer_config(cfg)).await {

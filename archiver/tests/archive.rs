@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use natter_nats::subjects;
+use natter_bus::subjects;
 use natter_protocol::token;
 use sqlx::Row as _;
 

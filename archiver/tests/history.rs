@@ -7,12 +7,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use natter_nats::history::MAX_PAGE;
+use natter_bus::history::MAX_PAGE;
 use natter_protocol::token;
 
 const BOUND: Duration = Duration::from_secs(90);
 
-fn seqs(reply: &natter_nats::history::HistoryReply) -> Vec<u64> {
+fn seqs(reply: &natter_bus::history::HistoryReply) -> Vec<u64> {
     reply.messages.iter().map(|m| m.seq).collect()
 }
 

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use async_nats::jetstream;
-use natter_nats::subjects;
+use natter_bus::subjects;
 use natter_protocol::token;
 use natter_testkit::{NatsServer, Postgres, Service};
 use serde::Serialize;
@@ -301,8 +301,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("connect to NATS")?;
     let js = jetstream::new(client.clone());
-    let stream_args = natter_nats::StreamArgs::default();
-    natter_nats::ensure_chat_stream(&js, &stream_args)
+    let stream_args = natter_bus::StreamArgs::default();
+    natter_bus::ensure_chat_stream(&js, &stream_args)
         .await
         .context("ensure CHAT")?;
 

@@ -12,8 +12,8 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use natter_nats::history::{HistoryReply, HistoryRequest, MAX_PAGE};
-use natter_nats::{subjects, StoredMessage};
+use natter_bus::history::{HistoryReply, HistoryRequest, MAX_PAGE};
+use natter_bus::{subjects, StoredMessage};
 use natter_protocol::frame;
 use serde_json::{json, Value};
 use thiserror::Error;

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use natter_nats::StreamArgs;
+use natter_bus::StreamArgs;
 
 /// natter edge: chat WebSockets in, JetStream out and back.
 #[derive(Debug, Clone, Parser)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use natter_nats::{subjects, StreamReader};
+use natter_bus::{subjects, StreamReader};
 use natter_protocol::Limits;
 use thiserror::Error;
 use tokio::sync::Semaphore;
@@ -26,7 +26,7 @@ use crate::room::{RoomDeps, Rooms};
 #[derive(Debug, Error)]
 pub enum StartError {
     #[error(transparent)]
-    Layout(#[from] natter_nats::LayoutError),
+    Layout(#[from] natter_bus::SetupError),
     #[error("could not subscribe to {0}: {1}")]
     Subscribe(String, String),
 }
@@ -92,15 +92,15 @@ impl Node {
     /// (presence refresh, takeover notices).
     pub async fn start(config: Config) -> Result<Arc<Node>, StartError> {
         let name = config.node();
-        let nats = natter_nats::connect(
+        let nats = natter_bus::connect(
             &config.nats_url,
             &format!("natter-edge {name}"),
             Duration::from_secs(30),
         )
         .await?;
         let js = jetstream::new(nats.clone());
-        natter_nats::ensure_chat_stream(&js, &config.stream).await?;
-        let kv = natter_nats::ensure_presence(&js, &config.stream).await?;
+        natter_bus::ensure_chat_stream(&js, &config.stream).await?;
+        let kv = natter_bus::ensure_presence(&js, &config.stream).await?;
         let timeout = config.nats_timeout();
         let reader = StreamReader::new(nats.clone(), subjects::STREAM, timeout);
         let kv_reader = StreamReader::new(

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
 use bytes::Bytes;
-use natter_nats::{subjects, StreamReader};
+use natter_bus::{subjects, StreamReader};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use natter_nats::history::{HistoryReply, HistoryRequest};
+use natter_bus::history::{HistoryReply, HistoryRequest};
 use natter_testkit::{ChatClient, NatsServer, Postgres, Service};
 use serde_json::json;
 
@@ -67,7 +67,7 @@ async fn archived_stack() -> ArchivedStack {
 /// Wait until the archive holds `n` messages of `room` after `after`.
 async fn archived(nats: &NatsServer, room: &str, after: u64, n: usize) {
     let client = async_nats::connect(nats.url()).await.unwrap();
-    let subject = natter_nats::subjects::history(&natter_protocol::token::encode(room));
+    let subject = natter_bus::subjects::history(&natter_protocol::token::encode(room));
     let ok = natter_testkit::eventually(WAIT, || {
         let client = client.clone();
         let subject = subject.clone();

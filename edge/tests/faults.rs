@@ -232,8 +232,8 @@ async fn messages_missed_on_the_live_subject_during_a_nats_restart_are_repaired(
             natter_protocol::frame::stored_message("textMessage", None, p, "2026-01-01T00:00:00Z");
         let msg = async_nats::jetstream::message::PublishMessage::build()
             .payload(body)
-            .message_id(natter_nats::subjects::msg_id(&token, &format!("d{i}")));
-        js.send_publish(natter_nats::subjects::room(&token), msg)
+            .message_id(natter_bus::subjects::msg_id(&token, &format!("d{i}")));
+        js.send_publish(natter_bus::subjects::room(&token), msg)
             .await
             .unwrap()
             .await

@@ -34,7 +34,7 @@ impl NatsServer {
     /// A single node on free ports with a fresh store.
     pub async fn start() -> NatsServer {
         let dir = tempfile::Builder::new()
-            .prefix("natter-nats-")
+            .prefix("natter-bus-")
             .tempdir()
             .expect("temp dir");
         let port = free_port();
@@ -130,7 +130,7 @@ impl NatsCluster {
         let mut launches = Vec::new();
         for (i, (port, http, cport)) in ports.iter().copied().enumerate() {
             let dir = tempfile::Builder::new()
-                .prefix("natter-nats-")
+                .prefix("natter-bus-")
                 .tempdir()
                 .expect("temp dir");
             let conf = render(

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
-use natter_nats::subjects;
+use natter_bus::subjects;
 use natter_protocol::token;
 use natter_testkit::{NatsServer, Postgres, Service};
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -32,17 +32,17 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start() -> Stack {
-        Self::start_with(natter_nats::StreamArgs::default()).await
+        Self::start_with(natter_bus::StreamArgs::default()).await
     }
 
-    pub async fn start_with(args: natter_nats::StreamArgs) -> Stack {
+    pub async fn start_with(args: natter_bus::StreamArgs) -> Stack {
         let nats = NatsServer::start().await;
         let pg = Postgres::start().await;
         let client = async_nats::connect(nats.url())
             .await
             .expect("connect to nats");
         let js = jetstream::new(client.clone());
-        natter_nats::ensure_chat_stream(&js, &args)
+        natter_bus::ensure_chat_stream(&js, &args)
             .await
             .expect("ensure CHAT");
         Stack {
@@ -291,8 +291,8 @@ pub async fn history(
     after: Option<u64>,
     before: Option<u64>,
     limit: u32,
-) -> natter_nats::history::HistoryReply {
-    let req = natter_nats::history::HistoryRequest {
+) -> natter_bus::history::HistoryReply {
+    let req = natter_bus::history::HistoryRequest {
         after,
         before,
         limit,
@@ -305,7 +305,7 @@ pub async fn history_raw(
     client: &async_nats::Client,
     tok: &str,
     body: Vec<u8>,
-) -> natter_nats::history::HistoryReply {
+) -> natter_bus::history::HistoryReply {
     let msg = tokio::time::timeout(
         Duration::from_secs(10),
         client.request(subjects::history(tok), body.into()),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::{HeaderMap, Message};
 use futures_util::StreamExt;
-use natter_nats::subjects;
+use natter_bus::subjects;
 use natter_protocol::frame;
 use thiserror::Error;
 use tokio::sync::OnceCell;

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use natter_nats::StreamReader;
+use natter_bus::StreamReader;
 
 pub use live::{Room, RoomError};
 

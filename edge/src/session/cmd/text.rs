@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use async_nats::jetstream::message::PublishMessage;
-use natter_nats::subjects;
+use natter_bus::subjects;
 use natter_protocol::request::TextMessage;
 use natter_protocol::{frame, ErrorCode, RpcError};
 use serde_json::Value;

@@ -3,12 +3,12 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
-use natter_nats::{ensure_chat_stream, subjects, StreamArgs, StreamReader};
+use natter_bus::{ensure_chat_stream, subjects, StreamArgs, StreamReader};
 use natter_testkit::NatsServer;
 
 async fn setup() -> (NatsServer, async_nats::Client, jetstream::Context) {
     let nats = NatsServer::start().await;
-    let client = natter_nats::connect(&nats.url(), "test", Duration::from_secs(10))
+    let client = natter_bus::connect(&nats.url(), "test", Duration::from_secs(10))
         .await
         .unwrap();
     let js = jetstream::new(client.clone());
@@ -79,7 +79,7 @@ async fn ranges_and_tails_follow_one_subject() {
 #[tokio::test]
 async fn multi_last_lists_current_keys_of_a_prefix() {
     let (_nats, client, js) = setup().await;
-    let kv = natter_nats::ensure_presence(&js, &StreamArgs::default())
+    let kv = natter_bus::ensure_presence(&js, &StreamArgs::default())
         .await
         .unwrap();
     kv.put("r1.alice", "1".into()).await.unwrap();

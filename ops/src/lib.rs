@@ -12,6 +12,8 @@
 //!   [`CounterFamily`]), plus the standard latency bucket sets.
 //! - [`endpoints`]: the `/healthz`, `/readyz` and `/metrics` routes a service merges into
 //!   its own router, answering through the service's [`Probe`].
+//! - [`exposition`]: reading an exposition and `METRICS.md` back, for tests that hold a
+//!   running service to the documented contract.
 //!
 //! What it is not: it holds no service logic and no state of its own. It knows nothing of
 //! NATS, Postgres or chat; readiness means whatever the service's [`Probe`] says, and the
@@ -19,6 +21,7 @@
 //! instance owns its [`Registry`], so several instances in one test process stay separate.
 
 pub mod endpoints;
+pub mod exposition;
 pub mod logging;
 pub mod metrics;
 pub mod shutdown;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use bytes::Bytes;
-use natter_nats::subjects;
+use natter_bus::subjects;
 use natter_protocol::token;
 
 /// Why a notification was not acknowledged. The upload stays stored and unannounced; the

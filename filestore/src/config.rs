@@ -1,11 +1,12 @@
-//! Filestore configuration: every setting is a flag with an environment variable twin.
+//! Filestore configuration: every setting is a flag with an environment variable twin;
+//! [`Config::limits`] is what `--check-config` validates beyond the flags' types.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use natter_nats::StreamArgs;
+use natter_bus::StreamArgs;
 
 /// Bytes a request may carry besides the payload itself: the message object, multipart
 /// framing, the JSON around an image. Also the most a `message` part or the image JSON
@@ -70,12 +71,23 @@ pub struct Config {
     #[arg(long, env = "NATTER_SHUTDOWN_GRACE_SECS", default_value_t = 25)]
     pub shutdown_grace_secs: u64,
 
-    /// Log format: `text` or `json`.
-    #[arg(long, env = "NATTER_LOG_FORMAT", default_value = "text")]
-    pub log_format: String,
-
     #[command(flatten)]
     pub stream: StreamArgs,
+
+    #[command(flatten)]
+    pub ops: natter_ops::OpsArgs,
+}
+
+impl natter_ops::ServiceConfig for Config {
+    fn ops(&self) -> &natter_ops::OpsArgs {
+        &self.ops
+    }
+
+    /// The upload limits and content rules resolve.
+    fn validate(&self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        self.limits()?;
+        Ok(())
+    }
 }
 
 /// Image formats the filestore recognises by their first bytes.

@@ -17,9 +17,9 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::error::ApiError;
+use crate::filename;
 use crate::message::valid_uuid;
-use crate::names;
-use crate::server::Shared;
+use crate::state::Shared;
 use crate::store::{Kind, Meta};
 
 /// Read size when streaming a blob.
@@ -108,7 +108,7 @@ async fn serve_file(st: &Shared, uuid: &str, headers: &HeaderMap) -> Result<Resp
     set(
         &mut resp,
         header::CONTENT_DISPOSITION,
-        &names::content_disposition(meta.file_name.as_deref().unwrap_or("")),
+        &filename::content_disposition(meta.file_name.as_deref().unwrap_or("")),
     );
     set(&mut resp, header::ETAG, &etag);
     set(&mut resp, header::ACCEPT_RANGES, "bytes");

@@ -12,20 +12,24 @@
 //! uuid as dedupe key ([`announce`]), so members get it with an `_id` through the edges and
 //! the archiver keeps it. The same uuid uploaded again is stored and announced once.
 //!
-//! Modules: [`config`] (flags and env), [`server`] (routes, CORS, health), [`upload`] and
-//! [`download`] (the REST handlers), [`imagebody`] (streaming parse of image bodies),
-//! [`message`] (the message object), [`names`] (safe `Content-Disposition`), [`store`],
-//! [`announce`], [`metrics`], [`error`].
+//! Modules: [`config`] (flags and env), [`server`] (routes, CORS), [`state`] (what the
+//! handlers share, readiness), [`upload`] and [`download`] (the REST handlers),
+//! [`json_splitter`] and [`base64_check`] (streaming parse of image bodies), [`message`]
+//! (the message object), [`filename`] (client file names: extension, safe
+//! `Content-Disposition`), [`store`], [`announce`], [`metrics`], [`error`]. The operations
+//! endpoints, logging and the shutdown signal are natter-ops'.
 
 pub mod announce;
+pub mod base64_check;
 pub mod config;
 pub mod download;
 pub mod error;
-pub mod imagebody;
+pub mod filename;
+pub mod json_splitter;
 pub mod message;
 pub mod metrics;
-pub mod names;
 pub mod server;
+pub mod state;
 pub mod store;
 pub mod upload;
 
@@ -34,14 +38,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use natter_nats::StreamArgs;
+use natter_bus::StreamArgs;
 use tokio::sync::watch;
 
 pub use config::Config;
 
 use crate::announce::Announcer;
 use crate::metrics::Metrics;
-use crate::server::{AppState, Shared};
+use crate::state::{AppState, Shared};
 use crate::store::Store;
 
 /// Temporary files untouched for this long belong to crashed uploads.
@@ -72,10 +76,13 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     if swept > 0 {
         tracing::info!(swept, "removed stale temporary files");
     }
+    let mut registry = natter_ops::Registry::new();
+    let metrics = Metrics::register(&mut registry);
     let state: Shared = Arc::new(AppState {
         store,
         limits,
-        metrics: Metrics::default(),
+        registry,
+        metrics,
         announcer: OnceLock::new(),
         draining: AtomicBool::new(false),
     });
@@ -95,7 +102,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let st = state.clone();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        natter_ops::shutdown_signal().await;
         tracing::info!("shutting down: readiness off, finishing in-flight requests");
         st.draining.store(true, Ordering::Relaxed);
         let _ = stop_tx.send(true);
@@ -121,26 +128,11 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-}
-
 /// Connect to NATS and ensure the CHAT stream, retrying until both work; then uploads can
 /// be announced and `/readyz` turns green.
 async fn connect_nats(state: Shared, url: String, stream: StreamArgs, publish_timeout: Duration) {
     let client = loop {
-        match natter_nats::connect(&url, "natter-filestore", Duration::from_secs(10)).await {
+        match natter_bus::connect(&url, "natter-filestore", Duration::from_secs(10)).await {
             Ok(c) => break c,
             Err(e) => {
                 tracing::warn!(error = %e, "NATS not reachable yet; retrying");
@@ -149,7 +141,7 @@ async fn connect_nats(state: Shared, url: String, stream: StreamArgs, publish_ti
         }
     };
     let js = async_nats::jetstream::new(client.clone());
-    while let Err(e) = natter_nats::ensure_chat_stream(&js, &stream).await {
+    while let Err(e) = natter_bus::ensure_chat_stream(&js, &stream).await {
         tracing::warn!(error = %e, "could not ensure the CHAT stream; retrying");
         tokio::time::sleep(NATS_RETRY).await;
     }

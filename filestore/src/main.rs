@@ -1,19 +1,17 @@
-//! `natter-filestore`: parse the configuration, set up logging, run the service.
+//! `natter-filestore`: parse the configuration (`--check-config` validates it and exits),
+//! set up logging, run the service until SIGTERM or Ctrl-C.
 
-use clap::Parser;
+use std::process::ExitCode;
+
 use natter_filestore::Config;
-use tracing_subscriber::EnvFilter;
+use natter_ops::Start;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if config.log_format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+async fn main() -> anyhow::Result<ExitCode> {
+    let config = match natter_ops::start::<Config>() {
+        Start::Run(config) => config,
+        Start::Exit(code) => return Ok(code),
+    };
     natter_filestore::run(config).await?;
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

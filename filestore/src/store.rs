@@ -29,6 +29,10 @@
 //!
 //! A crash between 2 and 3 can leave an unreferenced blob behind (disk space only); a crash
 //! during 1 leaves a temporary file that [`Store::sweep_tmp`] removes later.
+//!
+//! Longer than 400 lines on purpose: the layout, the commit protocol and the helpers it relies
+//! on (synced writes, links, directory syncs) stay in one file so that the crash-safety
+//! argument above can be checked against the code in one read.
 
 use std::io;
 use std::path::{Path, PathBuf};

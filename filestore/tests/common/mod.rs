@@ -228,7 +228,7 @@ impl Live {
         let client = async_nats::connect(nats_url)
             .await
             .expect("connect to NATS");
-        let subject = natter_nats::subjects::live(&natter_protocol::token::encode(room));
+        let subject = natter_bus::subjects::live(&natter_protocol::token::encode(room));
         let sub = client.subscribe(subject).await.expect("subscribe");
         client.flush().await.expect("flush");
         Live { client, sub }
@@ -242,7 +242,7 @@ impl Live {
         let seq = msg
             .headers
             .as_ref()
-            .and_then(|h| h.get(natter_nats::subjects::HDR_SEQUENCE))
+            .and_then(|h| h.get(natter_bus::subjects::HDR_SEQUENCE))
             .and_then(|v| v.as_str().parse().ok())
             .expect("Nats-Sequence header");
         let v: Value = serde_json::from_slice(&msg.payload).expect("stored message is JSON");
@@ -257,7 +257,7 @@ pub async fn stream_messages(nats_url: &str) -> u64 {
         .expect("connect to NATS");
     let js = async_nats::jetstream::new(client);
     let stream = js
-        .get_stream(natter_nats::subjects::STREAM)
+        .get_stream(natter_bus::subjects::STREAM)
         .await
         .expect("CHAT stream");
     stream.get_info().await.expect("stream info").state.messages

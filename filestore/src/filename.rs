@@ -1,4 +1,5 @@
-//! File names from clients, made safe for a `Content-Disposition` header.
+//! Client file names: the name shown (last path component, no control characters), its
+//! extension (checked against `--file-extensions`), and a safe `Content-Disposition` header.
 //!
 //! A client's file name is stored as given and never used as a path (blobs are named by
 //! hex-encoded uuid). On the way out it is reduced to its last path component, stripped of

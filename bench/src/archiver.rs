@@ -467,9 +467,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     drop(svcs);
     db.close().await;
-    if let Some(pg) = private_pg {
-        crate::procs::stop_postgres(pg);
-    }
+    // Dropping the handle kills the postmaster; its backends exit with it.
+    drop(private_pg);
     if report.missing > 0 || report.duplicates > 0 {
         bail!(
             "archive incomplete or duplicated: {} missing, {} duplicates",

@@ -1,50 +1,5 @@
-//! Server processes seen from the outside: CPU time and memory from /proc, the open-file
-//! limit, and stopping a private Postgres together with its backends.
-//!
-//! Killing a Postgres handle signals the postmaster; its backends wind down on their own a
-//! little later. Scenarios call [`stop_postgres`] so that none outlives the run.
-
-use std::path::Path;
-
-use natter_testkit::Postgres;
-
-fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.get(stat.rfind(')')? + 2..)?;
-    rest.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// kill -9 the postmaster of `data_dir` and the processes it started.
-fn kill_postmaster_tree(data_dir: &Path) {
-    let Some(pm) = std::fs::read_to_string(data_dir.join("postmaster.pid"))
-        .ok()
-        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
-    else {
-        return;
-    };
-    let mut victims = vec![pm];
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for e in dir.flatten() {
-            if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
-                if parent_of(pid) == Some(pm) {
-                    victims.push(pid);
-                }
-            }
-        }
-    }
-    for v in victims {
-        let _ = std::process::Command::new("kill")
-            .args(["-9", &v.to_string()])
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
-
-/// Stop a private Postgres for good.
-pub fn stop_postgres(mut pg: Postgres) {
-    kill_postmaster_tree(&pg.dir().join("data"));
-    pg.kill();
-}
+//! Server processes seen from the outside: CPU time and memory from /proc, and the
+//! open-file limit.
 
 /// User + system CPU seconds of `pid` so far.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {

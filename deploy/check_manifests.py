@@ -407,7 +407,7 @@ def check_natter_container(m, report, w, c, binary, bin_dir):
         out = subprocess.run([path, "--check-config"] + args, env=run_env, capture_output=True, text=True, timeout=30)
         report.check(
             out.returncode == 0,
-            f"{binary} --check-config accepts the container's flags and env (exit {out.returncode}: {(out.stderr or out.stdout).strip()[-400:]})",
+            f"{binary} --check-config accepts the container's flags and env (exit {out.returncode}: {' '.join((out.stderr or out.stdout).split())[-400:]})",
         )
 
 
@@ -573,8 +573,12 @@ def check_all(docs, bin_dir, quiet=False):
     edge = m.get("Deployment", "edge")
     if edge:
         report.scope = "Deployment/edge"
-        report.check(edge["spec"].get("replicas", 1) >= 2, "edge runs at least 2 replicas")
-        report.check(any(h["spec"]["scaleTargetRef"]["name"] == "edge" for h in m.all("HorizontalPodAutoscaler")), "edge has an HPA")
+        hpas = [h for h in m.all("HorizontalPodAutoscaler") if h["spec"]["scaleTargetRef"]["name"] == "edge"]
+        if report.check(len(hpas) == 1, "edge has an HPA"):
+            # With an HPA the Deployment must not set replicas: every `kubectl apply` would
+            # reset the count the HPA chose (and drain the edges above it).
+            report.check("replicas" not in edge["spec"], "edge leaves replicas to its HPA")
+            report.check(hpas[0]["spec"].get("minReplicas", 1) >= 2, "edge runs at least 2 replicas (HPA minReplicas)")
         report.check(len(m.pods_selected({"app.kubernetes.io/name": "edge"})) == 1 and any(
             m.pods_selected(p["spec"]["selector"].get("matchLabels", {})) == [edge] for p in m.all("PodDisruptionBudget")), "edge has a PDB")
         report.check(edge["spec"]["template"]["spec"].get("topologySpreadConstraints"), "edges spread over nodes")
@@ -631,6 +635,7 @@ BREAKAGES = [
     ("shared ConfigMap missing", lambda d: d.remove(_obj(d, "ConfigMap", SHARED_CONFIGMAP)), "ConfigMap"),
     ("Secret key missing", lambda d: _obj(d, "Secret", "postgres")["data"].clear(), "Secret postgres"),
     ("PVC missing", lambda d: d.remove(_obj(d, "PersistentVolumeClaim", "filestore-data")), "PVC"),
+    ("replicas fixed under an HPA", lambda d: _obj(d, "Deployment", "edge")["spec"].update({"replicas": 2}), "leaves replicas to its HPA"),
     ("HPA target missing", lambda d: _obj(d, "HorizontalPodAutoscaler", "edge")["spec"]["scaleTargetRef"].update({"name": "edges"}), "scaleTargetRef"),
     ("PDB selects nothing", lambda d: _obj(d, "PodDisruptionBudget", "archiver")["spec"]["selector"]["matchLabels"].update({"app.kubernetes.io/name": "x"}), "selects pods"),
     ("ingress to a missing Service port", lambda d: _obj(d, "Ingress", "filestore")["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["port"].update({"name": "web"}), "has port"),

@@ -64,6 +64,18 @@ for svc in edge archiver filestore; do
   [ -x "target/$PROFILE/natter-$svc" ] || die "target/$PROFILE/natter-$svc is missing: run cargo build --bins first"
 done
 
+step "Cargo.lock is complete (the from-source image build runs cargo build --locked)"
+if ! git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  echo "skipped: not a git checkout"
+elif [ -n "$(git status --porcelain -- Cargo.toml '*/Cargo.toml')" ]; then
+  echo "skipped: Cargo.toml files have local changes (checked on a clean checkout, as in CI)"
+elif ! git diff --quiet -- Cargo.lock 2>/dev/null; then
+  git diff --stat -- Cargo.lock
+  die "Cargo.lock differs from the one committed: cargo updated it, so the committed lock is incomplete and 'cargo build --locked' in the Dockerfile would fail"
+else
+  echo "Cargo.lock matches the manifests"
+fi
+
 step "render the overlays (kubectl kustomize)"
 rm -f "$OUT/rendered/"*.yaml
 for overlay in k8s/overlays/*/; do

@@ -6,6 +6,8 @@ objects fit together and fit the binaries they run:
 
 - every Service selects pods, and its targetPorts are ports of those pods;
 - every referenced ConfigMap, Secret (and key), PVC and volume exists;
+- the NetworkPolicies let each service reach what its configuration points at (NATS,
+  Postgres) and let NATS servers reach each other's routes;
 - HPA and PDB targets exist; probes and scrape annotations name real ports;
 - NATS routes match the StatefulSet's replicas, headless Service and ports; JetStream's
   store is a per-pod volume; the stream fits in it;
@@ -197,6 +199,91 @@ def port_exists(port, pod_spec):
     return port in names if isinstance(port, str) else port in numbers
 
 
+def port_number(port, pod_spec):
+    names, _ = container_ports(pod_spec)
+    return names.get(port) if isinstance(port, str) else port
+
+
+def admitted(m, client, target, number):
+    """Whether the NetworkPolicies let pods of workload `client` reach container port
+    `number` of pods of workload `target` (same namespace)."""
+    target_pod = target["spec"]["template"]["spec"]
+    client_labels = client["spec"]["template"]["metadata"].get("labels", {})
+    policies = [
+        np
+        for np in m.all("NetworkPolicy")
+        if "Ingress" in np["spec"].get("policyTypes", ["Ingress"])
+        and target in m.pods_selected(np["spec"]["podSelector"].get("matchLabels", {}))
+    ]
+    if not policies:
+        return True
+    for np in policies:
+        for rule in np["spec"].get("ingress", []):
+            ports = rule.get("ports")
+            if ports and not any(port_number(p["port"], target_pod) == number for p in ports):
+                continue
+            peers = rule.get("from")
+            if not peers or any(
+                "podSelector" in peer
+                and "namespaceSelector" not in peer
+                and all(client_labels.get(k) == v for k, v in peer["podSelector"].get("matchLabels", {}).items())
+                for peer in peers
+            ):
+                return True
+    return False
+
+
+def service_backend(m, host, port):
+    """(workload, container port number) behind Service `host` port `port`, or None."""
+    svc = m.get("Service", host)
+    if svc is None:
+        return None
+    for p in svc["spec"]["ports"]:
+        if p["port"] == port:
+            for w in m.pods_selected(svc["spec"].get("selector", {})):
+                return w, port_number(p.get("targetPort", p["port"]), w["spec"]["template"]["spec"])
+    return None
+
+
+def check_network_policies(m, report):
+    for np in m.all("NetworkPolicy"):
+        report.scope = f"NetworkPolicy/{np['metadata']['name']}"
+        targets = m.pods_selected(np["spec"]["podSelector"].get("matchLabels", {}))
+        report.check(len(targets) > 0, "podSelector selects pods of a workload")
+        for rule in np["spec"].get("ingress", []):
+            for peer in rule.get("from", []):
+                if "podSelector" in peer:
+                    sel = peer["podSelector"].get("matchLabels", {})
+                    report.check(len(m.pods_selected(sel)) > 0, f"from podSelector {sel} selects pods of a workload")
+            for p in rule.get("ports", []):
+                report.check(
+                    all(port_exists(p["port"], w["spec"]["template"]["spec"]) for w in targets),
+                    f"port {p['port']} is a container port of the selected pods",
+                )
+    # NATS servers reach each other's route port.
+    nats = m.get("StatefulSet", "nats")
+    if nats:
+        report.scope = "NetworkPolicy"
+        cluster = port_number("cluster", nats["spec"]["template"]["spec"])
+        report.check(admitted(m, nats, nats, cluster), "NATS servers may reach each other's cluster port")
+
+
+def check_reachable(m, report, w, url_env, env):
+    """Every Service a natter container is configured to use is one its pods may reach."""
+    for key, default_port in url_env:
+        for url in env.get(key, "").split(","):
+            mm = re.match(r"^[a-z]+://(?:[^@/]*@)?([a-z0-9-]+)(?:\.[a-z0-9.-]+)?:(\d+)", url.strip())
+            if not mm:
+                continue
+            backend = service_backend(m, mm.group(1), int(mm.group(2)))
+            if report.check(backend is not None, f"{key}: Service {mm.group(1)} has port {mm.group(2)} and selects pods"):
+                target, number = backend
+                report.check(
+                    admitted(m, w, target, number),
+                    f"{key}: NetworkPolicies let {w['metadata']['name']} pods reach {target['metadata']['name']}:{number}",
+                )
+
+
 def resolve_env(m, container, report, pod_name="pod-0"):
     """The container's environment as the kubelet would build it, and the names it set
     explicitly (env) and through envFrom, each with where they came from."""
@@ -376,6 +463,8 @@ def check_natter_container(m, report, w, c, binary, bin_dir):
             svc is not None and any(p["port"] == int(mm.group(2)) for p in svc["spec"]["ports"]),
             f"NATS_URL {url} is a Service port",
         )
+
+    check_reachable(m, report, w, [("NATS_URL", 4222), ("DATABASE_URL", 5432)], env)
 
     # The binary accepts the flags and the environment.
     path = os.path.join(bin_dir, binary)
@@ -594,6 +683,7 @@ def check_all(docs, bin_dir, quiet=False):
     check_statefulsets(m, report)
     check_nats(m, report, stream_max_bytes, stream_replicas)
     check_hpa_pdb_ingress(m, report)
+    check_network_policies(m, report)
     return report
 
 
@@ -647,6 +737,8 @@ BREAKAGES = [
     ("misspelt environment variable", lambda d: _env(_container(d, "Deployment", "edge"), "NATTER_MAX_CONECTIONS", "10"), "reads environment variable"),
     ("unknown flag", lambda d: _container(d, "Deployment", "archiver").update({"args": ["--batch-sise", "10"]}), "knows flag"),
     ("a value the binary refuses", lambda d: _env(_container(d, "Deployment", "edge"), "NATTER_MAX_CONNECTIONS", "many"), "--check-config"),
+    ("a NetworkPolicy shutting the archiver out of Postgres", lambda d: _obj(d, "NetworkPolicy", "postgres")["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"].update({"app.kubernetes.io/name": "archivers"}), "let archiver pods reach"),
+    ("a NetworkPolicy closing the NATS route port", lambda d: _obj(d, "NetworkPolicy", "nats")["spec"]["ingress"].pop(1), "cluster port"),
     ("stream larger than JetStream's store", lambda d: _set_shared(d, "NATTER_STREAM_MAX_BYTES", str(20 * 1024**3)), "max_file_store"),
     ("NATS_URL to a missing Service", lambda d: _set_shared(d, "NATS_URL", "nats://nats-client:4222"), "NATS_URL"),
 ]

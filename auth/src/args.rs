@@ -1,0 +1,63 @@
+//! The authentication flags every service that checks tokens flattens into its
+//! configuration (`#[command(flatten)] auth: AuthArgs`).
+
+use std::path::PathBuf;
+
+/// How strictly a service asks for tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// Tokens are ignored (local development only: anyone may claim any userId).
+    Off,
+    /// A token is not needed, but one that is present is enforced.
+    Optional,
+    /// Every join (and every filestore request) needs a valid token.
+    Required,
+}
+
+impl AuthMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Off => "off",
+            AuthMode::Optional => "optional",
+            AuthMode::Required => "required",
+        }
+    }
+}
+
+impl std::fmt::Display for AuthMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `--auth*` flags, each with its environment twin.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthArgs {
+    /// Token checking: `off` (local development only), `optional` (a token, when present,
+    /// is enforced) or `required`. Unset: `required` when listening on a non-loopback
+    /// address, else `optional` when a key is configured, else `off`.
+    #[arg(long, env = "NATTER_AUTH", value_enum)]
+    pub auth: Option<AuthMode>,
+
+    /// Shared secret for HS256 tokens (at least 32 bytes). Prefer the file variant.
+    #[arg(long, env = "NATTER_AUTH_HS256_SECRET", hide_env_values = true)]
+    pub auth_hs256_secret: Option<String>,
+
+    /// File holding the HS256 shared secret (a trailing newline is ignored).
+    #[arg(long, env = "NATTER_AUTH_HS256_SECRET_FILE")]
+    pub auth_hs256_secret_file: Option<PathBuf>,
+
+    /// PEM file with the public key for signed tokens: RSA → RS256, Ed25519 → EdDSA.
+    #[arg(long, env = "NATTER_AUTH_PUBLIC_KEY_FILE")]
+    pub auth_public_key_file: Option<PathBuf>,
+
+    /// Clock leeway, in seconds, when checking `exp` and `nbf`.
+    #[arg(long, env = "NATTER_AUTH_LEEWAY_SECS", default_value_t = 30)]
+    pub auth_leeway_secs: u64,
+}
+
+impl AuthArgs {
+    /// Ids of the settings `--check-config` must never print
+    /// (`natter_ops::ServiceConfig::secret_args`).
+    pub const SECRET_ARGS: &'static [&'static str] = &["auth_hs256_secret"];
+}

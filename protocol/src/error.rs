@@ -21,15 +21,18 @@ pub enum ErrorCode {
     RateLimited,
     /// The message text exceeds the limit.
     TooLarge,
-    /// userId does not match the identity bound to this socket.
+    /// Missing or invalid token, or a userId, name or room the token does not allow (or
+    /// the identity already bound to this socket).
     Unauthorized,
+    /// A join could not be completed for now (the cluster could not be reached); retry.
+    JoinFailed,
     /// The message could not be stored; retry with the same uuid.
     Unavailable,
 }
 
 impl ErrorCode {
     /// Every code, in the order PROTOCOL.md lists them.
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::Parse,
         ErrorCode::InvalidRequest,
         ErrorCode::NameTaken,
@@ -39,6 +42,7 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::TooLarge,
         ErrorCode::Unauthorized,
+        ErrorCode::JoinFailed,
         ErrorCode::Unavailable,
     ];
 
@@ -54,6 +58,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => -32005,
             ErrorCode::TooLarge => -32006,
             ErrorCode::Unauthorized => -32007,
+            ErrorCode::JoinFailed => -32008,
             ErrorCode::Unavailable => -32010,
         }
     }
@@ -103,6 +108,11 @@ mod tests {
         }
         assert_eq!(ErrorCode::from_code(-32601), None);
         assert_eq!(ErrorCode::NameTaken.code(), -32001);
+        assert_eq!(ErrorCode::Unauthorized.code(), -32007);
+        assert_eq!(ErrorCode::JoinFailed.code(), -32008);
         assert_eq!(ErrorCode::Unavailable.code(), -32010);
+        let mut codes: Vec<i64> = ErrorCode::ALL.iter().map(|c| c.code()).collect();
+        codes.dedup();
+        assert_eq!(codes.len(), ErrorCode::ALL.len(), "codes are distinct");
     }
 }

@@ -18,6 +18,8 @@ pub const USER_ID_MAX: usize = 128;
 pub const UUID_MAX: usize = 64;
 /// Longest sessionId a client may send back.
 pub const SESSION_ID_MAX: usize = 64;
+/// Longest token accepted in `joinRoom`/`reconnect` params, in bytes.
+pub const TOKEN_MAX: usize = 8 * 1024;
 /// Longest method name echoed into an error message.
 const METHOD_ECHO_MAX: usize = 32;
 
@@ -68,6 +70,8 @@ pub struct Join {
     /// older system), as the protocol requires.
     pub last_message_id: Option<u64>,
     pub session_id: Option<String>,
+    /// A signed token for this join (extension, v1.1); wins over the socket's own.
+    pub token: Option<String>,
 }
 
 /// `textMessage` parameters: the validated fields, and the client's params object to store
@@ -229,12 +233,22 @@ fn parse_join(p: &Map<String, Value>) -> Result<Join, RpcError> {
             )))
         }
     };
+    let token = match p.get("token") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(t)) if t.len() <= TOKEN_MAX => Some(t.clone()),
+        Some(_) => {
+            return Err(RpcError::invalid(format!(
+                "params.token must be a string of at most {TOKEN_MAX} bytes"
+            )))
+        }
+    };
     Ok(Join {
         user_id: user_id(p)?,
         user_name: bounded_str(p, "userName", USER_NAME_MAX)?,
         room_name: room_name(p)?,
         last_message_id: p.get("lastMessageId").and_then(message_id),
         session_id,
+        token,
     })
 }
 
@@ -319,6 +333,21 @@ mod tests {
             assert_eq!(j.last_message_id, want, "{last}");
             assert_eq!(j.user_id, "7");
         }
+    }
+
+    #[test]
+    fn join_token_is_optional_and_bounded() {
+        let r = parse(r#"{"jsonrpc":"2.0","method":"joinRoom","params":{"userId":"u1","userName":"Ann","roomName":"r","token":"a.b.c"},"id":1}"#).unwrap();
+        let Call::JoinRoom(j) = r.call else { panic!() };
+        assert_eq!(j.token.as_deref(), Some("a.b.c"));
+        let r = parse(r#"{"jsonrpc":"2.0","method":"reconnect","params":{"userId":"u1","userName":"Ann","roomName":"r","token":null},"id":1}"#).unwrap();
+        let Call::Reconnect(j) = r.call else { panic!() };
+        assert_eq!(j.token, None);
+        let f = json!({"jsonrpc":"2.0","method":"joinRoom","params":{"userId":"u1","userName":"Ann","roomName":"r","token":5},"id":1});
+        assert_eq!(code(parse(&f.to_string())).1, -32600);
+        let long = "t".repeat(TOKEN_MAX + 1);
+        let f = json!({"jsonrpc":"2.0","method":"joinRoom","params":{"userId":"u1","userName":"Ann","roomName":"r","token":long},"id":1});
+        assert_eq!(code(parse(&f.to_string())).1, -32600);
     }
 
     #[test]

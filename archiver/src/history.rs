@@ -114,10 +114,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), HistoryError> {
     let mut sub = client
-        .queue_subscribe(
-            SUBJECT_ALL,
-            natter_bus::subjects::HISTORY_QUEUE.to_string(),
-        )
+        .queue_subscribe(SUBJECT_ALL, natter_bus::subjects::HISTORY_QUEUE.to_string())
         .await
         .map_err(|e| HistoryError::Subscribe(e.to_string()))?;
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));

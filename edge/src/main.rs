@@ -3,15 +3,6 @@
 
 use std::process::ExitCode;
 
-use natter_edge::Config;
-use natter_ops::Start;
-
-#[tokio::main]
-async fn main() -> anyhow::Result<ExitCode> {
-    let config = match natter_ops::start::<Config>() {
-        Start::Run(config) => config,
-        Start::Exit(code) => return Ok(code),
-    };
-    natter_edge::run(config).await?;
-    Ok(ExitCode::SUCCESS)
+fn main() -> ExitCode {
+    natter_ops::run_main(natter_edge::run)
 }

@@ -5,7 +5,7 @@
 //!   `RUST_LOG` (default `info`), and the tracing subscriber set up from them.
 //! - [`startup`]: the [`OpsArgs`] each service's clap `Config` flattens, `--check-config`
 //!   (validate, print the effective configuration with secrets redacted, exit), and
-//!   [`start`], the one call a service's `main` makes before running.
+//!   [`run_main`], a service's whole `main` ([`start`] when `main` wants to do more).
 //! - [`shutdown`]: the SIGTERM/SIGINT future a service stops on.
 //! - [`metrics`]: a per-service [`Registry`] over `prometheus-client` and the metric types
 //!   services declare their metrics with ([`Counter`], [`Gauge`], [`Histogram`],
@@ -31,4 +31,6 @@ pub use endpoints::{router, Probe, Readiness};
 pub use logging::{init_tracing, LogFormat, LoggingError};
 pub use metrics::{buckets, Counter, CounterFamily, Gauge, Histogram, Registry};
 pub use shutdown::shutdown_signal;
-pub use startup::{effective_config, start, start_from, OpsArgs, ServiceConfig, Setting, Start};
+pub use startup::{
+    effective_config, run_main, start, start_from, OpsArgs, ServiceConfig, Setting, Start,
+};

@@ -1,6 +1,8 @@
 //! Start-up: the operations flags every service flattens into its clap `Config`
 //! ([`OpsArgs`]), `--check-config`, and [`start`], which a service's `main` calls first.
 //!
+//! [`run_main`] is the rest of `main` too: the runtime, the service, its exit code.
+//!
 //! `--check-config` parses flags and environment exactly as a real start would, runs the
 //! service's own validation ([`ServiceConfig::validate`]) and checks `RUST_LOG`, then prints
 //! the effective configuration (every setting, its value and where it came from; secrets
@@ -11,6 +13,7 @@
 
 use std::ffi::OsString;
 use std::fmt;
+use std::future::Future;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -75,6 +78,39 @@ pub fn start<C: ServiceConfig>() -> Start<C> {
         return Start::Exit(ExitCode::FAILURE);
     }
     Start::Run(config)
+}
+
+/// A service's whole `main`: [`start`], then `run(config)` to completion on a multi-threaded
+/// Tokio runtime. A failure is logged (with its causes) and exits 1.
+pub fn run_main<C, F, Fut, E>(run: F) -> ExitCode
+where
+    C: ServiceConfig,
+    F: FnOnce(C) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: fmt::Display,
+{
+    let config = match start::<C>() {
+        Start::Run(config) => config,
+        Start::Exit(code) => return code,
+    };
+    let name = C::command().get_name().to_owned();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "{name}: cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "{name} failed");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// [`start`] with explicit arguments and outputs, and without setting up logging.

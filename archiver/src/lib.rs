@@ -6,6 +6,7 @@
 //!   NOTHING` (one statement, one transaction), and each message is acked only after the
 //!   commit. Postgres down: the batch is kept in memory, retried with capped exponential
 //!   backoff and kept alive with in-progress acks; nothing is lost.
+//! - [`consumer`]: the durable consumer's definition, its creation, and its lag gauges.
 //! - [`store`]: the pool, the embedded migrations (`archiver/migrations`, run at start-up),
 //!   the insert and the range queries.
 //! - [`record`]: a stream message → a row; the poison policy (malformed subjects and non-JSON
@@ -22,11 +23,13 @@
 //! consumer created or updated), retrying each until it succeeds or SIGTERM arrives.
 
 pub mod config;
+pub mod consumer;
 pub mod history;
 pub mod metrics;
 pub mod record;
 pub mod state;
 pub mod store;
+pub mod trim;
 pub mod worker;
 
 use std::future::Future;
@@ -168,7 +171,7 @@ pub async fn run(
         retry_max: cfg.retry_max(),
     };
     let Some(consumer) = until_ok("creating the archiver consumer", &mut shutdown, || {
-        worker::ensure_consumer(&js, &wcfg)
+        consumer::ensure_consumer(&js, &wcfg)
     })
     .await
     else {
@@ -184,7 +187,7 @@ pub async fn run(
         cfg.history_concurrency as usize,
         shutdown.clone(),
     ));
-    tokio::spawn(worker::monitor_lag(
+    tokio::spawn(consumer::monitor_lag(
         consumer.clone(),
         metrics.clone(),
         cfg.lag_interval(),

@@ -56,6 +56,8 @@ struct DirectGetRequest<'a> {
     batch: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     up_to_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    start_time: Option<&'a str>,
 }
 
 /// Reads ranges of a stream by subject.
@@ -84,6 +86,7 @@ impl StreamReader {
             multi_last: None,
             batch: None,
             up_to_seq: None,
+            start_time: None,
         };
         let mut out = Vec::new();
         self.request(&req, false, |m| {
@@ -92,6 +95,27 @@ impl StreamReader {
         })
         .await?;
         Ok(out.first().copied().unwrap_or(0))
+    }
+
+    /// Sequence of the oldest message of the whole stream stored at or after `since`
+    /// (RFC 3339), or `None` when every message is older.
+    pub async fn first_seq_since(&self, since: &str) -> Result<Option<u64>, ReadError> {
+        let req = DirectGetRequest {
+            seq: None,
+            next_by_subj: None,
+            last_by_subj: None,
+            multi_last: None,
+            batch: None,
+            up_to_seq: None,
+            start_time: Some(since),
+        };
+        let mut out = None;
+        self.request(&req, false, |m| {
+            out = Some(m.seq);
+            true
+        })
+        .await?;
+        Ok(out)
     }
 
     /// Visit the messages on `subject` with sequence in `from..=up_to` in order, until `visit`
@@ -115,6 +139,7 @@ impl StreamReader {
                 multi_last: None,
                 batch: Some(BATCH),
                 up_to_seq: up_to,
+                start_time: None,
             };
             let mut got = 0usize;
             let mut last = None;
@@ -208,6 +233,7 @@ impl StreamReader {
             multi_last: Some([filter]),
             batch: Some(max.max(1)),
             up_to_seq: None,
+            start_time: None,
         };
         let mut out = Vec::new();
         self.request(&req, true, |m| {

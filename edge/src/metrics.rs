@@ -11,6 +11,7 @@ pub struct Metrics {
     pub rooms: Gauge,
     pub members: Gauge,
     pub draining: Gauge,
+    pub stream_drift: Gauge,
     pub connections_accepted: Counter,
     pub connections_rejected: Counter,
     pub messages_in: Counter,
@@ -48,6 +49,10 @@ impl Metrics {
             ),
             members: r.gauge("natter_edge_members", "Room memberships on this edge."),
             draining: r.gauge("natter_edge_draining", "1 while the edge is draining."),
+            stream_drift: r.gauge(
+                "natter_edge_stream_drift",
+                "Settings of the CHAT stream that differ from this edge's (0: none; not ready otherwise).",
+            ),
             connections_accepted: r.counter(
                 "natter_edge_connections_accepted_total",
                 "WebSockets accepted.",

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use natter_bus::{subjects, StreamReader};
+use natter_bus::{subjects, DriftWatch, StreamReader};
 use natter_protocol::Limits;
 use thiserror::Error;
 use tokio::sync::Semaphore;
@@ -22,6 +22,9 @@ use crate::metrics::Metrics;
 use crate::outbox::{CloseReason, Outbox};
 use crate::presence::Presence;
 use crate::room::{RoomDeps, Rooms};
+
+/// How often the CHAT stream is compared with this edge's settings.
+const DRIFT_CHECK: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -82,6 +85,8 @@ pub struct Node {
     pub registry: Registry,
     pub limits: Limits,
     pub connections: Arc<Semaphore>,
+    /// Differences between the CHAT stream and this edge's settings (readiness fails).
+    pub stream_drift: DriftWatch,
     draining: AtomicBool,
     next_member: AtomicU64,
     next_request: AtomicU64,
@@ -99,7 +104,9 @@ impl Node {
         )
         .await?;
         let js = jetstream::new(nats.clone());
-        natter_bus::ensure_chat_stream(&js, &config.stream).await?;
+        let status = natter_bus::ensure_chat_stream(&js, &config.stream).await?;
+        let stream_drift =
+            DriftWatch::spawn(js.clone(), config.stream.clone(), &status, DRIFT_CHECK);
         let kv = natter_bus::ensure_presence(&js, &config.stream).await?;
         let timeout = config.nats_timeout();
         let reader = StreamReader::new(nats.clone(), subjects::STREAM, timeout);
@@ -124,6 +131,7 @@ impl Node {
         });
         let node = Arc::new(Node {
             connections: Arc::new(Semaphore::new(config.max_connections)),
+            stream_drift,
             limits,
             name,
             nats,
@@ -223,6 +231,8 @@ impl Node {
             Readiness::not_ready("draining")
         } else if self.nats.connection_state() != async_nats::connection::State::Connected {
             Readiness::not_ready("NATS not connected")
+        } else if let Some(why) = self.stream_drift.not_ready_reason() {
+            Readiness::not_ready(why)
         } else {
             Readiness::Ready
         }
@@ -248,5 +258,11 @@ impl Probe for Node {
 
     async fn readiness(&self) -> Readiness {
         Node::readiness(self)
+    }
+
+    async fn before_scrape(&self) {
+        self.metrics
+            .stream_drift
+            .set(self.stream_drift.drift().len() as i64);
     }
 }

@@ -153,6 +153,23 @@ fn parse_sample(line: &str) -> Option<Sample> {
     })
 }
 
+/// A `/metrics` answer read back: it must be a 200 in the OpenMetrics content type whose
+/// body parses. The error says which of these failed, with the body.
+pub fn scraped(status: u16, content_type: Option<&str>, body: &str) -> Result<Exposition, String> {
+    if status != 200 {
+        return Err(format!("/metrics answered {status}: {body}"));
+    }
+    if !content_type.is_some_and(|t| t.starts_with("application/openmetrics-text")) {
+        return Err(format!("/metrics served as {content_type:?}"));
+    }
+    parse(body).map_err(|e| {
+        format!(
+            "{e}
+{body}"
+        )
+    })
+}
+
 /// A metric as `METRICS.md` documents it: its sample name (counters with `_total`) and its
 /// type (`counter`, `gauge`, `histogram`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,6 +202,25 @@ pub fn documented(doc: &str, prefix: &str) -> Vec<Documented> {
             })
         })
         .collect()
+}
+
+/// Every way `exp` departs from what `doc` (the text of `METRICS.md`) lists under `prefix`;
+/// also when it lists fewer than `at_least` metrics (a table lost or renamed).
+pub fn contract_differences(
+    exp: &Exposition,
+    doc: &str,
+    prefix: &str,
+    at_least: usize,
+) -> Vec<String> {
+    let documented = documented(doc, prefix);
+    let mut out = differences(exp, &documented, prefix);
+    if documented.len() < at_least {
+        out.push(format!(
+            "METRICS.md lists {} {prefix}* metrics, expected at least {at_least}",
+            documented.len()
+        ));
+    }
+    out
 }
 
 /// Every way `exp` departs from `documented`: a documented metric missing or of another
@@ -260,6 +296,20 @@ mod tests {
             kind: "counter".into(),
         }];
         assert_eq!(differences(&exp, &wrong, "natter_t_").len(), 4);
+    }
+
+    #[test]
+    fn scrapes_are_checked() {
+        let ok = "# TYPE x gauge\nx 1\n# EOF\n";
+        let om = Some(crate::metrics::CONTENT_TYPE);
+        assert!(scraped(200, om, ok).is_ok());
+        assert!(scraped(503, om, ok).is_err());
+        assert!(scraped(200, Some("text/plain; version=0.0.4"), ok).is_err());
+        assert!(scraped(200, om, "x 1\n").is_err());
+        let exp = scraped(200, om, ok).unwrap();
+        let doc = "| `x` | gauge | | x |\n";
+        assert!(contract_differences(&exp, doc, "x", 1).is_empty());
+        assert_eq!(contract_differences(&exp, doc, "x", 2).len(), 1);
     }
 
     #[test]

@@ -16,6 +16,10 @@ pub const USER_NAME_MAX: usize = 64;
 pub const USER_ID_MAX: usize = 128;
 /// Longest message uuid, in bytes.
 pub const UUID_MAX: usize = 64;
+/// Longest `date` string of a textMessage, in bytes.
+pub const DATE_MAX: usize = 64;
+/// Longest string request `id`, in bytes (it is echoed back and stored).
+pub const ID_MAX: usize = 128;
 /// Longest sessionId a client may send back.
 pub const SESSION_ID_MAX: usize = 64;
 /// Longest token accepted in `joinRoom`/`reconnect` params, in bytes.
@@ -115,11 +119,14 @@ impl Request {
         };
         let id = match obj.remove("id") {
             None | Some(Value::Null) => None,
-            Some(v @ (Value::Number(_) | Value::String(_))) => Some(v),
+            Some(v @ Value::Number(_)) => Some(v),
+            Some(Value::String(s)) if s.len() <= ID_MAX => Some(Value::String(s)),
             Some(_) => {
                 return Err(Rejection {
                     id: None,
-                    error: RpcError::invalid("id must be a number or a string"),
+                    error: RpcError::invalid(format!(
+                        "id must be a number or a string of at most {ID_MAX} bytes"
+                    )),
                 })
             }
         };
@@ -170,14 +177,13 @@ fn parse_call(method: &str, mut p: Map<String, Value>, limits: &Limits) -> Resul
                     ),
                 ));
             }
-            // Server-assigned fields are never taken from the client.
-            p.remove("_id");
+            let params = stored_text_params(&mut p)?;
             Call::TextMessage(TextMessage {
                 user_id,
                 user_name,
                 room_name,
                 uuid,
-                params: p,
+                params,
             })
         }
         "leaveRoom" => Call::LeaveRoom {
@@ -267,6 +273,38 @@ pub fn message_id(v: &Value) -> Option<u64> {
 
 fn room_name(p: &Map<String, Value>) -> Result<String, RpcError> {
     bounded_str(p, "roomName", ROOM_NAME_MAX)
+}
+
+/// The params of a `textMessage` that are stored and delivered: exactly the documented
+/// ones (`userId`, `roomName`, `userName`, `text`, `ack`, `uuid`, `date`), already validated.
+/// Anything else a client sends (a forged `type`, `_id`, `ts`, extra fields) is dropped, so
+/// nothing rides along into the stream, the archive or other members' sockets.
+fn stored_text_params(p: &mut Map<String, Value>) -> Result<Map<String, Value>, RpcError> {
+    let mut out = Map::with_capacity(7);
+    for key in ["userId", "roomName", "userName", "text"] {
+        if let Some(v) = p.remove(key) {
+            out.insert(key.into(), v);
+        }
+    }
+    out.insert("ack".into(), Value::Bool(false));
+    if let Some(v) = p.remove("uuid") {
+        out.insert("uuid".into(), v);
+    }
+    match p.remove("date") {
+        None | Some(Value::Null) => {}
+        Some(v @ Value::Number(_)) => {
+            out.insert("date".into(), v);
+        }
+        Some(Value::String(d)) if d.len() <= DATE_MAX => {
+            out.insert("date".into(), Value::String(d));
+        }
+        Some(_) => {
+            return Err(RpcError::invalid(format!(
+                "params.date must be a number or a string of at most {DATE_MAX} bytes"
+            )))
+        }
+    }
+    Ok(out)
 }
 
 fn user_id(p: &Map<String, Value>) -> Result<String, RpcError> {
@@ -416,5 +454,49 @@ mod tests {
     fn ping_needs_no_params() {
         let r = parse(r#"{"jsonrpc":"2.0","method":"ping","id":9}"#).unwrap();
         assert_eq!(r.call, Call::Ping);
+    }
+
+    #[test]
+    fn a_text_message_stores_only_the_documented_params() {
+        let r = parse(
+            r#"{"jsonrpc":"2.0","method":"textMessage","id":1,"params":{"userId":"u","roomName":"r","userName":"n","text":"hi","ack":true,"uuid":"x","date":"2026-01-01","type":"system","_id":"5","ts":"forged","extra":{"big":[1,2,3]}}}"#,
+        )
+        .unwrap();
+        let Call::TextMessage(t) = r.call else {
+            panic!("not a text message")
+        };
+        let keys: Vec<&str> = t.params.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            vec!["ack", "date", "roomName", "text", "userId", "userName", "uuid"]
+        );
+        assert_eq!(t.params["ack"], json!(false), "the server sets ack");
+        assert_eq!(t.params["date"], json!("2026-01-01"));
+    }
+
+    #[test]
+    fn a_text_message_date_is_a_number_or_a_short_string() {
+        let with_date = |d: &str| {
+            format!(
+                r#"{{"jsonrpc":"2.0","method":"textMessage","id":1,"params":{{"userId":"u","roomName":"r","userName":"n","text":"hi","uuid":"x","date":{d}}}}}"#
+            )
+        };
+        assert!(parse(&with_date("1700000000000")).is_ok());
+        assert!(parse(&with_date("null")).is_ok());
+        assert_eq!(code(parse(&with_date("{}"))).1, -32600);
+        let long = format!("\"{}\"", "d".repeat(DATE_MAX + 1));
+        assert_eq!(code(parse(&with_date(&long))).1, -32600);
+    }
+
+    #[test]
+    fn a_string_id_is_bounded() {
+        let long = "i".repeat(ID_MAX + 1);
+        let f = format!(r#"{{"jsonrpc":"2.0","method":"ping","id":"{long}"}}"#);
+        assert_eq!(code(parse(&f)), (None, -32600));
+        let ok = format!(
+            r#"{{"jsonrpc":"2.0","method":"ping","id":"{}"}}"#,
+            &long[1..]
+        );
+        assert!(parse(&ok).is_ok());
     }
 }

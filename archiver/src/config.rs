@@ -96,6 +96,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub shutdown_secs: u64,
 
+    /// How often the trimmer removes archived messages past retention from the stream, in
+    /// milliseconds (see `--stream-max-age-secs`, `--stream-max-bytes`).
+    #[arg(long, env = "NATTER_ARCHIVER_TRIM_INTERVAL_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(50..=3_600_000))]
+    pub trim_interval_ms: u64,
+
     #[command(flatten)]
     pub stream: natter_bus::StreamArgs,
 
@@ -134,6 +140,10 @@ impl Config {
     pub fn history_timeout(&self) -> Duration {
         Duration::from_millis(self.history_timeout_ms)
     }
+    pub fn trim_interval(&self) -> Duration {
+        Duration::from_millis(self.trim_interval_ms)
+    }
+
     pub fn lag_interval(&self) -> Duration {
         Duration::from_millis(self.lag_interval_ms)
     }

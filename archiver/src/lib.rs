@@ -13,6 +13,8 @@
 //!   or non-object payloads are skipped with a warning and the `poison` metric, then acked;
 //!   objects with missing fields are stored with those columns `NULL`).
 //! - [`history`]: `history.<token>` request/reply in queue group `natter-history`.
+//! - [`trim`]: the only remover of messages from the `CHAT` stream, and only below what
+//!   the archiver has stored (retention by age and bytes).
 //! - [`state`]: what the parts share, and readiness as `/readyz` reports it; the
 //!   operations endpoints themselves (`/healthz`, `/readyz`, `/metrics`) are natter-ops'.
 //! - [`metrics`]: the archiver's metrics (`METRICS.md`).
@@ -46,6 +48,9 @@ use crate::metrics::Metrics;
 use crate::state::Shared;
 use crate::store::{Store, StoreError};
 use crate::worker::WorkerConfig;
+
+/// How often the CHAT stream is compared with this archiver's settings.
+const DRIFT_CHECK: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -108,6 +113,7 @@ pub async fn run(
         nats: std::sync::OnceLock::new(),
         ready: std::sync::atomic::AtomicBool::new(false),
         shutting_down: std::sync::atomic::AtomicBool::new(false),
+        stream_drift: std::sync::OnceLock::new(),
     });
 
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -153,14 +159,19 @@ pub async fn run(
     };
     let _ = shared.nats.set(client.clone());
     let js = async_nats::jetstream::new(client.clone());
-    if until_ok("ensuring the CHAT stream", &mut shutdown, || {
+    let Some(status) = until_ok("checking the CHAT stream", &mut shutdown, || {
         natter_bus::ensure_chat_stream(&js, &cfg.stream)
     })
     .await
-    .is_none()
-    {
+    else {
         return Ok(());
-    }
+    };
+    let _ = shared.stream_drift.set(natter_bus::DriftWatch::spawn(
+        js.clone(),
+        cfg.stream.clone(),
+        &status,
+        DRIFT_CHECK,
+    ));
     let wcfg = WorkerConfig {
         consumer: cfg.consumer.clone(),
         batch_size: cfg.batch_size as usize,
@@ -191,6 +202,25 @@ pub async fn run(
         consumer.clone(),
         metrics.clone(),
         cfg.lag_interval(),
+        shutdown.clone(),
+    ));
+    let trimmed = metrics.stream_trimmed.clone();
+    tokio::spawn(trim::run(
+        js.clone(),
+        consumer.clone(),
+        natter_bus::StreamReader::new(
+            client.clone(),
+            natter_bus::subjects::STREAM,
+            Duration::from_secs(5),
+        ),
+        trim::Retention {
+            max_age: Duration::from_secs(cfg.stream.stream_max_age_secs),
+            max_bytes: cfg.stream.stream_max_bytes,
+        },
+        cfg.trim_interval(),
+        move |n| {
+            trimmed.inc_by(n);
+        },
         shutdown.clone(),
     ));
     shared.ready.store(true, Ordering::Relaxed);

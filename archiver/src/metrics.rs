@@ -50,6 +50,10 @@ pub struct Metrics {
     pub history_requests: Counter,
     pub history_errors: Counter,
     pub history_latency: Histogram,
+    /// Archived messages the trimmer removed from the stream.
+    pub stream_trimmed: Counter,
+    /// Settings of the CHAT stream that differ from this archiver's.
+    pub stream_drift: Gauge,
 }
 
 impl Metrics {
@@ -129,6 +133,14 @@ impl Metrics {
                 "natter_archiver_history_latency_seconds",
                 "Seconds to answer one history request.",
                 buckets::SLOW_SECONDS,
+            ),
+            stream_trimmed: r.counter(
+                "natter_archiver_stream_trimmed_total",
+                "Archived messages removed from the CHAT stream by the trimmer.",
+            ),
+            stream_drift: r.gauge(
+                "natter_archiver_stream_drift",
+                "Settings of the CHAT stream that differ from this archiver's (0: none; not ready otherwise).",
             ),
         }
     }

@@ -21,6 +21,8 @@ pub struct Shared {
     /// Set once migrations ran and the consumer loop and history service are running.
     pub ready: AtomicBool,
     pub shutting_down: AtomicBool,
+    /// Set once the CHAT stream was checked: its differences from this archiver's settings.
+    pub stream_drift: OnceLock<natter_bus::DriftWatch>,
 }
 
 impl Shared {
@@ -46,6 +48,9 @@ impl Probe for Shared {
         if !self.nats_up() {
             return Readiness::not_ready("NATS unreachable");
         }
+        if let Some(why) = self.stream_drift.get().and_then(|d| d.not_ready_reason()) {
+            return Readiness::not_ready(why);
+        }
         if let Err(e) = self.store.ping(Duration::from_secs(1)).await {
             self.metrics.db_errors.inc();
             return Readiness::not_ready(format!("Postgres unreachable: {e}"));
@@ -55,5 +60,8 @@ impl Probe for Shared {
 
     async fn before_scrape(&self) {
         self.metrics.nats_up.set(i64::from(self.nats_up()));
+        if let Some(d) = self.stream_drift.get() {
+            self.metrics.stream_drift.set(d.drift().len() as i64);
+        }
     }
 }

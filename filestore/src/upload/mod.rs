@@ -5,8 +5,8 @@
 //! (`store.rs`) and publish the notification (`announce.rs`). Every refusal deletes the
 //! temporary file before answering, so nothing is stored or announced.
 //!
-//! The image body is parsed in [`image`] (JSON with a base64 payload), the file body in
-//! [`file`] (multipart); what follows the body (commit, announce, answer) is here.
+//! The image body is parsed in `image.rs` (JSON with a base64 payload), the file body in
+//! `file.rs` (multipart); what follows the body (commit, announce, answer) is here.
 //!
 //! Idempotency by uuid: a uuid already stored and announced is answered 200 without storing
 //! or publishing again; one stored but not announced (NATS failed last time) is published

@@ -17,8 +17,11 @@
 # outside the volumes it is given, so `readOnlyRootFilesystem` holds. tini is PID 1: it
 # passes SIGTERM to the service (which drains) and reaps anything that exits.
 #
-# The stages that the prebuilt path needs come first: the classic (non-BuildKit) builder
-# runs every stage before the target, and must never reach the Rust builder stage.
+# The stages of the prebuilt path come first and tolerate missing binaries: the classic
+# (non-BuildKit) builder runs every stage before its target, so a prebuilt build must never
+# reach the Rust builder stage (nothing to pull where there is no registry), and a
+# from-source build passes through the prebuilt stages without binaries. BuildKit skips
+# the stages a target does not need.
 
 ARG BASE=debian:bookworm-slim
 ARG RUST_IMAGE=rust:1-bookworm
@@ -57,26 +60,32 @@ LABEL org.opencontainers.image.source="natter" \
 # ------------------------------------------------------------------ prebuilt binaries
 FROM rootfs AS prebuilt
 ARG PROFILE=release
-COPY target/${PROFILE}/natter-edge target/${PROFILE}/natter-archiver target/${PROFILE}/natter-filestore /rootfs/usr/local/bin/
+# The patterns match nothing where no binaries were built (Cargo.lock keeps the COPY
+# valid); scripts/docker-images.sh refuses to build the prebuilt targets without them.
+COPY Cargo.lock target/${PROFILE}/natter-edg[e] target/${PROFILE}/natter-archive[r] target/${PROFILE}/natter-filestor[e] /prebuilt/
 # Each binary must start inside the runtime's file system, as the runtime's user.
 RUN for b in natter-edge natter-archiver natter-filestore; do \
-        chroot --userspec=10001:10001 /rootfs /usr/local/bin/$b --help >/dev/null || exit 1; \
+        mkdir -p /out/$b; \
+        [ -e /prebuilt/$b ] || continue; \
+        cp /prebuilt/$b /rootfs/usr/local/bin/ \
+        && chroot --userspec=10001:10001 /rootfs /usr/local/bin/$b --help >/dev/null \
+        && cp /prebuilt/$b /out/$b/ || exit 1; \
     done
 
 FROM runtime AS edge-prebuilt
-COPY --from=prebuilt /rootfs/usr/local/bin/natter-edge /usr/local/bin/natter-edge
+COPY --from=prebuilt /out/natter-edge/ /usr/local/bin/
 ENV NATTER_LISTEN=0.0.0.0:8080
 EXPOSE 8080
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/natter-edge"]
 
 FROM runtime AS archiver-prebuilt
-COPY --from=prebuilt /rootfs/usr/local/bin/natter-archiver /usr/local/bin/natter-archiver
+COPY --from=prebuilt /out/natter-archiver/ /usr/local/bin/
 ENV NATTER_LISTEN=0.0.0.0:8091
 EXPOSE 8091
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/natter-archiver"]
 
 FROM runtime AS filestore-prebuilt
-COPY --from=prebuilt /rootfs/usr/local/bin/natter-filestore /usr/local/bin/natter-filestore
+COPY --from=prebuilt /out/natter-filestore/ /usr/local/bin/
 ENV NATTER_LISTEN=0.0.0.0:8090 NATTER_FILESTORE_DIR=/data
 EXPOSE 8090
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/natter-filestore"]

@@ -687,6 +687,33 @@ def check_all(docs, bin_dir, quiet=False):
     return report
 
 
+def check_build_files(report, dockerfile, okteto, rendered_okteto):
+    """The Dockerfile has a from-source and a prebuilt target per service; okteto.yml builds
+    the from-source ones and its deploy step replaces exactly the images the okteto overlay
+    renders."""
+    report.scope = "Dockerfile"
+    with open(dockerfile) as f:
+        stages = set(re.findall(r"(?im)^FROM\s+\S+\s+AS\s+(\S+)\s*$", f.read()))
+    for svc in ("edge", "archiver", "filestore"):
+        report.check(svc in stages, f"target {svc} exists")
+        report.check(f"{svc}-prebuilt" in stages, f"target {svc}-prebuilt exists")
+    report.scope = "okteto.yml"
+    with open(okteto) as f:
+        manifest = yaml.safe_load(f)
+    build = manifest.get("build", {})
+    commands = "\n".join(c["command"] if isinstance(c, dict) else c for c in manifest.get("deploy", []))
+    with open(rendered_okteto) as f:
+        images = {c["image"] for d in yaml.safe_load_all(f) if d and d["kind"] in ("Deployment", "StatefulSet")
+                  for c in d["spec"]["template"]["spec"]["containers"]}
+    for svc in ("edge", "archiver", "filestore"):
+        b = build.get(svc, {})
+        report.check(b.get("target") in stages, f"build.{svc}.target {b.get('target')} is a Dockerfile stage")
+        placeholder = f"image: natter-{svc}:okteto"
+        report.check(f"natter-{svc}:okteto" in images, f"the okteto overlay runs natter-{svc}:okteto")
+        report.check(placeholder in commands and f"OKTETO_BUILD_{svc.upper()}_IMAGE" in commands,
+                     f"deploy replaces {placeholder} with OKTETO_BUILD_{svc.upper()}_IMAGE")
+
+
 # ---------------------------------------------------------------- self-test: break it on purpose
 
 def _obj(docs, kind, name):
@@ -771,6 +798,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin-dir", required=True, help="directory holding natter-edge, natter-archiver, natter-filestore")
     ap.add_argument("--self-test", action="store_true", help="prove that broken copies of the manifests fail")
+    ap.add_argument("--build-files", nargs=3, metavar=("DOCKERFILE", "OKTETO_YML", "RENDERED_OKTETO"),
+                    help="also check the Dockerfile targets and okteto.yml against the rendered okteto overlay")
     ap.add_argument("rendered", nargs="+", help="rendered manifests (kubectl kustomize output)")
     a = ap.parse_args()
     passed, failed = 0, 0
@@ -784,6 +813,11 @@ def main():
             r = check_all(docs, a.bin_dir)
             print(f"{path}: {r.passed} checks passed, {len(r.failures)} failed")
             passed, failed = passed + r.passed, failed + len(r.failures)
+    if a.build_files:
+        r = Report()
+        check_build_files(r, *a.build_files)
+        print(f"build files: {r.passed} checks passed, {len(r.failures)} failed")
+        passed, failed = passed + r.passed, failed + len(r.failures)
     print(f"{passed} passed, {failed} failed")
     sys.exit(1 if failed else 0)
 

@@ -105,7 +105,8 @@ for f in "$OUT/rendered/"*.yaml; do
 done
 
 step "cross-object and binary checks (deploy/check_manifests.py, binaries of target/$PROFILE)"
-"$TOOLS/venv/bin/python" deploy/check_manifests.py --bin-dir "target/$PROFILE" "$OUT/rendered/"*.yaml
+"$TOOLS/venv/bin/python" deploy/check_manifests.py --bin-dir "target/$PROFILE" "$OUT/rendered/"*.yaml \
+  --build-files Dockerfile okteto.yml "$OUT/rendered/okteto.yaml"
 step "the checker catches broken manifests (--self-test)"
 "$TOOLS/venv/bin/python" deploy/check_manifests.py --bin-dir "target/$PROFILE" --self-test "$OUT/rendered/minikube.yaml"
 

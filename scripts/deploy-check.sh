@@ -60,9 +60,20 @@ if [ ! -x "$TOOLS/venv/bin/kubernetes-validate" ] \
   python3 -m venv "$TOOLS/venv"
   "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$VALIDATE_VERSION" "pyyaml>=6"
 fi
+# Where cargo put the binaries (CARGO_TARGET_DIR moves it); the image build context
+# takes them from ./target/$PROFILE, as the Dockerfile's prebuilt targets expect.
+target_dir=$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
+  | "$TOOLS/venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])') \
+  || die "cargo metadata"
+BIN_DIR="$target_dir/$PROFILE"
 for svc in edge archiver filestore; do
-  [ -x "target/$PROFILE/natter-$svc" ] || die "target/$PROFILE/natter-$svc is missing: run cargo build --bins first"
+  [ -x "$BIN_DIR/natter-$svc" ] || die "$BIN_DIR/natter-$svc is missing: run cargo build --bins first"
 done
+if [ "$(realpath "$target_dir")" != "$(realpath -m target)" ]; then
+  echo "binaries from $BIN_DIR, copied to target/$PROFILE for the image build context"
+  mkdir -p "target/$PROFILE"
+  for svc in edge archiver filestore; do cp -f "$BIN_DIR/natter-$svc" "target/$PROFILE/"; done
+fi
 
 step "Cargo.lock is complete (the from-source image build runs cargo build --locked)"
 if ! git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
@@ -104,11 +115,11 @@ for f in "$OUT/rendered/"*.yaml; do
   echo "$(basename "$f"): $(grep -c ' passed for resource ' <<<"$out") objects valid"
 done
 
-step "cross-object and binary checks (deploy/check_manifests.py, binaries of target/$PROFILE)"
-"$TOOLS/venv/bin/python" deploy/check_manifests.py --bin-dir "target/$PROFILE" "$OUT/rendered/"*.yaml \
+step "cross-object and binary checks (deploy/check_manifests.py, binaries of $BIN_DIR)"
+"$TOOLS/venv/bin/python" deploy/check_manifests.py --bin-dir "$BIN_DIR" "$OUT/rendered/"*.yaml \
   --build-files Dockerfile okteto.yml "$OUT/rendered/okteto.yaml"
 step "the checker catches broken manifests (--self-test)"
-"$TOOLS/venv/bin/python" deploy/check_manifests.py --bin-dir "target/$PROFILE" --self-test "$OUT/rendered/minikube.yaml"
+"$TOOLS/venv/bin/python" deploy/check_manifests.py --bin-dir "$BIN_DIR" --self-test "$OUT/rendered/minikube.yaml"
 
 step "private dockerd (no bridge, no iptables; data root $OUT/docker)"
 trap docker_stop EXIT

@@ -10,41 +10,44 @@ use natter_bus::history::{HistoryReply, HistoryRequest};
 use natter_testkit::{ChatClient, NatsServer, Postgres, Service};
 use serde_json::json;
 
-/// Per-room retention of the stream in these tests: most of each room is archive-only.
-const KEEP: &str = "10";
-
 struct ArchivedStack {
     nats: NatsServer,
-    _pg: Postgres,
+    pg: Postgres,
     archiver: Service,
     edge: Service,
 }
 
-async fn archived_stack() -> ArchivedStack {
-    let nats = NatsServer::start().await;
-    let pg = Postgres::start().await;
-    // Every service is given the same stream settings (they all ensure the stream).
-    let archiver = Service::start(
+/// An archiver whose trimmer keeps `max_age_secs` of archived messages in the stream.
+async fn archiver(nats: &NatsServer, pg: &Postgres, max_age_secs: &str) -> Service {
+    Service::start(
         "natter-archiver",
         &[
             "--nats-url".into(),
             nats.url(),
             "--database-url".into(),
             pg.url(),
-            "--stream-max-msgs-per-room".into(),
-            KEEP.into(),
+            "--stream-max-age-secs".into(),
+            max_age_secs.into(),
+            "--trim-interval-ms".into(),
+            "200".into(),
         ],
         &[],
     )
-    .await;
+    .await
+}
+
+/// nats-server, Postgres, an edge, and an archiver that trims archived messages older
+/// than a second from the stream.
+async fn archived_stack() -> ArchivedStack {
+    let nats = NatsServer::start().await;
+    let pg = Postgres::start().await;
+    let archiver = archiver(&nats, &pg, "1").await;
     let edge = Service::start(
         "natter-edge",
         &edge_args(
             &nats,
             0,
             &[
-                "--stream-max-msgs-per-room",
-                KEEP,
                 "--rate-per-sec",
                 "1000",
                 "--rate-burst",
@@ -58,10 +61,30 @@ async fn archived_stack() -> ArchivedStack {
     .await;
     ArchivedStack {
         nats,
-        _pg: pg,
+        pg,
         archiver,
         edge,
     }
+}
+
+/// Wait until the stream no longer holds message `seq` (the archiver trimmed it).
+async fn trimmed_through(nats: &NatsServer, seq: u64) {
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let ok = natter_testkit::eventually(WAIT, || {
+        let js = js.clone();
+        async move {
+            match js.get_stream("CHAT").await {
+                Ok(mut s) => s
+                    .info()
+                    .await
+                    .map(|i| i.state.first_sequence > seq)
+                    .unwrap_or(false),
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    assert!(ok, "the stream still holds message {seq}");
 }
 
 /// Wait until the archive holds `n` messages of `room` after `after`.
@@ -117,18 +140,25 @@ async fn resume_and_history_span_the_archive_and_the_stream() {
     let first = bob.room_messages(5, WAIT).await;
     let last = *ids(&first).last().unwrap();
     drop(bob);
-    // Retention (10 per room) must exceed the archiver's lag: send in steps of 5 and let
-    // the archive catch up after each, as a stream sized for its archiver would.
-    for step in 1..12 {
-        for i in step * 5..step * 5 + 5 {
-            ann.send_message("r", "u1", "Ann", "x", &format!("m{i}"))
-                .await;
-        }
-        archived(&s.nats, "r", last, step * 5).await;
+    for i in 5..50 {
+        ann.send_message("r", "u1", "Ann", "x", &format!("m{i}"))
+            .await;
     }
-    assert_eq!(ann.room_messages(60, WAIT).await.len(), 60);
+    let echoes = ann.room_messages(50, WAIT).await;
+    assert_eq!(echoes.len(), 50);
+    // m0..m49 are archived, then trimmed from the stream (older than a second).
+    archived(&s.nats, "r", 0, 50).await;
+    trimmed_through(&s.nats, *ids(&echoes).last().unwrap()).await;
+    // From now on the archive keeps an hour in the stream: m50..m59 stay there.
+    s.archiver.proc().kill9();
+    s.archiver = archiver(&s.nats, &s.pg, "3600").await;
+    for i in 50..60 {
+        ann.send_message("r", "u1", "Ann", "x", &format!("m{i}"))
+            .await;
+    }
+    assert_eq!(ann.room_messages(10, WAIT).await.len(), 10);
 
-    // The stream holds only the last 10 of the 55 Bob missed.
+    // The stream holds only the last 10 of the 55 Bob missed; the archive has the rest.
     let mut bob = ChatClient::connect(&s.edge.ws_url()).await.unwrap();
     bob.join("r", "u2", "Bob", Some(last), true).await.unwrap();
     let rest = bob.room_messages(55, WAIT).await;

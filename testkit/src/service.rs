@@ -48,6 +48,14 @@ impl Service {
     /// Start `binary` with `args`; `--listen 127.0.0.1:<free port>` is added. Waits until
     /// `/readyz` answers 200.
     pub async fn start(binary: &str, args: &[String], envs: &[(String, String)]) -> Service {
+        let s = Service::spawn(binary, args, envs).await;
+        s.wait_ready(WAIT).await;
+        s
+    }
+
+    /// Like [`Service::start`], but waits only until the process answers `/healthz` (for a
+    /// service that is expected not to become ready).
+    pub async fn spawn(binary: &str, args: &[String], envs: &[(String, String)]) -> Service {
         let port = free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let dir = tempfile::Builder::new()
@@ -71,7 +79,16 @@ impl Service {
             proc,
             _dir: dir,
         };
-        s.wait_ready(WAIT).await;
+        let alive = eventually(WAIT, || async move {
+            matches!(http::get(addr, "/healthz", &[]).await, Ok(r) if r.status == 200)
+        })
+        .await;
+        assert!(
+            alive,
+            "{} does not answer /healthz:\n{}",
+            s.proc.name(),
+            s.proc.log()
+        );
         s
     }
 

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use crate::verify::{AuthConfigError, HS256_SECRET_MIN};
+
 /// How strictly a service asks for tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AuthMode {
@@ -30,29 +32,40 @@ impl std::fmt::Display for AuthMode {
     }
 }
 
-/// `--auth*` flags, each with its environment twin.
+/// `--auth*` flags, each with its environment twin. They are global, so a service's
+/// subcommands (e.g. `natter-edge token`) take them too.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AuthArgs {
     /// Token checking: `off` (local development only), `optional` (a token, when present,
     /// is enforced) or `required`. Unset: `required` when listening on a non-loopback
     /// address, else `optional` when a key is configured, else `off`.
-    #[arg(long, env = "NATTER_AUTH", value_enum)]
+    #[arg(long, env = "NATTER_AUTH", value_enum, global = true)]
     pub auth: Option<AuthMode>,
 
     /// Shared secret for HS256 tokens (at least 32 bytes). Prefer the file variant.
-    #[arg(long, env = "NATTER_AUTH_HS256_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "NATTER_AUTH_HS256_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
     pub auth_hs256_secret: Option<String>,
 
     /// File holding the HS256 shared secret (a trailing newline is ignored).
-    #[arg(long, env = "NATTER_AUTH_HS256_SECRET_FILE")]
+    #[arg(long, env = "NATTER_AUTH_HS256_SECRET_FILE", global = true)]
     pub auth_hs256_secret_file: Option<PathBuf>,
 
     /// PEM file with the public key for signed tokens: RSA → RS256, Ed25519 → EdDSA.
-    #[arg(long, env = "NATTER_AUTH_PUBLIC_KEY_FILE")]
+    #[arg(long, env = "NATTER_AUTH_PUBLIC_KEY_FILE", global = true)]
     pub auth_public_key_file: Option<PathBuf>,
 
     /// Clock leeway, in seconds, when checking `exp` and `nbf`.
-    #[arg(long, env = "NATTER_AUTH_LEEWAY_SECS", default_value_t = 30)]
+    #[arg(
+        long,
+        env = "NATTER_AUTH_LEEWAY_SECS",
+        default_value_t = 30,
+        global = true
+    )]
     pub auth_leeway_secs: u64,
 }
 
@@ -60,4 +73,26 @@ impl AuthArgs {
     /// Ids of the settings `--check-config` must never print
     /// (`natter_ops::ServiceConfig::secret_args`).
     pub const SECRET_ARGS: &'static [&'static str] = &["auth_hs256_secret"];
+
+    /// The HS256 secret, from the flag or the file (without its trailing newline), checked
+    /// for length; `None` when neither is given.
+    pub fn hs256_secret(&self) -> Result<Option<Vec<u8>>, AuthConfigError> {
+        let secret = match (&self.auth_hs256_secret, &self.auth_hs256_secret_file) {
+            (Some(_), Some(_)) => return Err(AuthConfigError::TwoSecrets),
+            (Some(s), None) => s.as_bytes().to_vec(),
+            (None, Some(path)) => {
+                let mut bytes =
+                    std::fs::read(path).map_err(|e| AuthConfigError::Read(path.clone(), e))?;
+                while matches!(bytes.last(), Some(b'\n' | b'\r')) {
+                    bytes.pop();
+                }
+                bytes
+            }
+            (None, None) => return Ok(None),
+        };
+        if secret.len() < HS256_SECRET_MIN {
+            return Err(AuthConfigError::ShortSecret);
+        }
+        Ok(Some(secret))
+    }
 }

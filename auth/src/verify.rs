@@ -85,22 +85,7 @@ impl Verifier {
     /// with). `required` and `optional` without any key are configuration errors.
     pub fn from_args(args: &AuthArgs, listen: SocketAddr) -> Result<Verifier, AuthConfigError> {
         let mut keys = Vec::new();
-        let secret = match (&args.auth_hs256_secret, &args.auth_hs256_secret_file) {
-            (Some(_), Some(_)) => return Err(AuthConfigError::TwoSecrets),
-            (Some(s), None) => Some(s.as_bytes().to_vec()),
-            (None, Some(path)) => {
-                let mut bytes = read(path)?;
-                while matches!(bytes.last(), Some(b'\n' | b'\r')) {
-                    bytes.pop();
-                }
-                Some(bytes)
-            }
-            (None, None) => None,
-        };
-        if let Some(secret) = secret {
-            if secret.len() < HS256_SECRET_MIN {
-                return Err(AuthConfigError::ShortSecret);
-            }
+        if let Some(secret) = args.hs256_secret()? {
             keys.push(Key {
                 alg: Algorithm::HS256,
                 key: DecodingKey::from_secret(&secret),

@@ -3,7 +3,8 @@
 //! - [`subjects`]: the subject names and headers of `shared/DESIGN.md` ("NATS layout").
 //! - [`stream`]: the `CHAT` stream (defined in `nats/streams/CHAT.json`) and its operator
 //!   settings ([`StreamArgs`]), ensured by each service at start-up.
-//! - [`presence_bucket`]: the `presence` KV bucket of held user names.
+//! - [`presence_bucket`]: the `presence` KV bucket of held user names (owner and session
+//!   keys) and [`name_holder`], "who holds this name in this room".
 //! - [`connect`]: how a service connects (URL list, reconnects, logged events).
 //! - [`reader`]: ranged reads of one room's messages from the stream (batched direct get,
 //!   ADR-31), for history, catch-up and gap repair without creating consumers.
@@ -20,9 +21,9 @@ pub mod stream;
 pub mod subjects;
 
 pub use connect::connect;
-pub use presence_bucket::ensure_presence;
+pub use presence_bucket::{ensure_presence, name_holder, LookupError, Owner, SessionEntry};
 pub use reader::{ReadError, StoredMessage, StreamReader};
-pub use stream::{ensure_chat_stream, StreamArgs};
+pub use stream::{ensure_chat_stream, DriftWatch, StreamArgs, StreamStatus};
 
 use thiserror::Error;
 

@@ -35,25 +35,40 @@ pub fn history(token: &str) -> String {
 /// Queue group shared by history responders.
 pub const HISTORY_QUEUE: &str = "natter-history";
 
-/// Core subject on which an edge node hears "close session X" (a name was taken over).
-pub fn kick(node: &str) -> String {
-    format!("natter.kick.{}", subject_safe(node))
-}
-
 /// The `Nats-Msg-Id` of a room message: deduplication is per room, like the archive's
 /// `(room, uuid)` constraint, so one room's uuid can never shadow another's.
 pub fn msg_id(room_token: &str, uuid: &str) -> String {
     format!("{room_token}:{uuid}")
 }
 
-/// The KV key of a user name in a room.
-pub fn presence_key(room_token: &str, user_token: &str) -> String {
+/// The KV key of a user name in a room (its owner: which userId holds it).
+pub fn presence_owner_key(room_token: &str, user_token: &str) -> String {
     format!("{room_token}.{user_token}")
 }
 
-/// The KV subject filter matching every name held in a room.
+/// The KV key of one session joined under a user name in a room. Session ids are made
+/// subject-safe, so the key always has exactly one more token than the owner key.
+pub fn presence_session_key(room_token: &str, user_token: &str, session_id: &str) -> String {
+    format!("{room_token}.{user_token}.{}", subject_safe(session_id))
+}
+
+/// The KV subject filter matching every name held in a room (owner keys only: `*` is
+/// exactly one token, so session keys do not match).
 pub fn presence_room_filter(room_token: &str) -> String {
     format!("$KV.{PRESENCE_BUCKET}.{room_token}.*")
+}
+
+/// The KV subject filter matching every session joined under one name in a room.
+pub fn presence_sessions_filter(room_token: &str, user_token: &str) -> String {
+    format!("$KV.{PRESENCE_BUCKET}.{room_token}.{user_token}.*")
+}
+
+/// The KV key a `$KV.<bucket>.` subject stands for.
+pub fn presence_key_of_subject(subject: &str) -> Option<&str> {
+    subject
+        .strip_prefix("$KV.")?
+        .strip_prefix(PRESENCE_BUCKET)?
+        .strip_prefix('.')
 }
 
 /// `s` with every character that is not `[A-Za-z0-9_-]` replaced by `_`.
@@ -83,8 +98,13 @@ mod tests {
     fn names() {
         assert_eq!(room("abc"), "room.abc");
         assert_eq!(live("abc"), "live.room.abc");
-        assert_eq!(kick("edge-1.local"), "natter.kick.edge-1_local");
-        assert_eq!(kick(""), "natter.kick._");
+        assert_eq!(presence_owner_key("r", "u"), "r.u");
+        assert_eq!(presence_session_key("r", "u", "ab12"), "r.u.ab12");
+        assert_eq!(presence_session_key("r", "u", "a.b*"), "r.u.a_b_");
+        assert_eq!(presence_session_key("r", "u", ""), "r.u._");
         assert_eq!(presence_room_filter("r"), "$KV.presence.r.*");
+        assert_eq!(presence_sessions_filter("r", "u"), "$KV.presence.r.u.*");
+        assert_eq!(presence_key_of_subject("$KV.presence.r.u.s"), Some("r.u.s"));
+        assert_eq!(presence_key_of_subject("$KV.other.r.u"), None);
     }
 }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+use natter_auth::{AuthArgs, Claims, Verifier};
 use natter_bus::StreamArgs;
 
 /// natter edge: chat WebSockets in, JetStream out and back.
@@ -91,14 +92,74 @@ pub struct Config {
     #[command(flatten)]
     pub stream: StreamArgs,
 
+    /// `--auth`, its keys and leeway (the filestore takes the same flags).
+    #[command(flatten)]
+    pub auth: AuthArgs,
+
     /// `--log-format`, `--check-config`.
     #[command(flatten)]
     pub ops: natter_ops::OpsArgs,
+
+    /// Without a subcommand the edge runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What `natter-edge` can do besides running the edge.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Print a development token (JWT, HS256, signed with the configured
+    /// --auth-hs256-secret(-file)) and exit.
+    Token(TokenArgs),
+}
+
+/// `natter-edge token --user u1 --room "Tests Room" [--name Ann] [--ttl-secs 3600]`
+#[derive(Debug, Clone, clap::Args)]
+pub struct TokenArgs {
+    /// The userId the token is for (`sub`).
+    #[arg(long)]
+    pub user: String,
+    /// A room the token allows: an exact name, or a prefix ending in `*`. Repeat for
+    /// several; none means every room.
+    #[arg(long)]
+    pub room: Vec<String>,
+    /// The only userName the token allows; none means any.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Seconds until the token expires.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl_secs: u64,
+}
+
+impl TokenArgs {
+    /// Sign the token these arguments describe with the HS256 secret of `auth`.
+    pub fn mint(&self, auth: &AuthArgs) -> Result<String, String> {
+        let secret = auth
+            .hs256_secret()
+            .map_err(|e| e.to_string())?
+            .ok_or("no HS256 secret: give --auth-hs256-secret or --auth-hs256-secret-file")?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|e| e.to_string())?
+            .as_secs();
+        let claims = Claims {
+            sub: self.user.clone(),
+            exp: now.saturating_add(self.ttl_secs),
+            nbf: None,
+            name: self.name.clone(),
+            rooms: (!self.room.is_empty()).then(|| self.room.clone()),
+        };
+        natter_auth::mint_hs256(&secret, &claims).map_err(|e| e.to_string())
+    }
 }
 
 impl natter_ops::ServiceConfig for Config {
     fn ops(&self) -> &natter_ops::OpsArgs {
         &self.ops
+    }
+
+    fn secret_args() -> &'static [&'static str] {
+        AuthArgs::SECRET_ARGS
     }
 
     /// What the flags' types cannot say.
@@ -126,6 +187,7 @@ impl natter_ops::ServiceConfig for Config {
                     .into(),
             );
         }
+        Verifier::from_args(&self.auth, self.listen)?;
         Ok(())
     }
 }
@@ -171,5 +233,66 @@ mod tests {
             let c = Config::try_parse_from(["natter-edge", bad[0], bad[1]]).unwrap();
             assert!(c.validate().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn auth_flags_are_validated() {
+        let secret = "s".repeat(32);
+        let ok = Config::try_parse_from([
+            "natter-edge",
+            "--auth",
+            "required",
+            "--auth-hs256-secret",
+            &secret,
+        ])
+        .unwrap();
+        assert!(ok.validate().is_ok());
+        let no_key = Config::try_parse_from(["natter-edge", "--auth", "required"]).unwrap();
+        assert!(no_key.validate().is_err());
+        let public = Config::try_parse_from(["natter-edge", "--listen", "0.0.0.0:8080"]).unwrap();
+        assert!(
+            public.validate().is_err(),
+            "a public listener needs a key (or --auth off)"
+        );
+        let off =
+            Config::try_parse_from(["natter-edge", "--listen", "0.0.0.0:8080", "--auth", "off"])
+                .unwrap();
+        assert!(off.validate().is_ok());
+    }
+
+    #[test]
+    fn token_subcommand_mints_what_the_edge_accepts() {
+        let secret = "a-development-secret-of-32-bytes!";
+        let c = Config::try_parse_from([
+            "natter-edge",
+            "token",
+            "--user",
+            "u1",
+            "--room",
+            "Tests Room",
+            "--name",
+            "Ann",
+            "--auth-hs256-secret",
+            secret,
+        ])
+        .unwrap();
+        let Some(Command::Token(t)) = &c.command else {
+            panic!("{c:?}")
+        };
+        let jwt = t.mint(&c.auth).unwrap();
+        let v = Verifier::from_args(&c.auth, c.listen).unwrap();
+        let claims = v.verify(&jwt).unwrap();
+        assert_eq!(claims.sub, "u1");
+        assert!(claims.allows_room("Tests Room") && !claims.allows_room("other"));
+        assert!(claims.allows_name("Ann") && !claims.allows_name("Bob"));
+        let none = Config::try_parse_from(["natter-edge", "token", "--user", "u1"]).unwrap();
+        let Some(Command::Token(t)) = &none.command else {
+            panic!()
+        };
+        assert!(t.mint(&none.auth).is_err(), "no secret, no token");
+        assert!(Config::try_parse_from(["natter-edge"])
+            .unwrap()
+            .command
+            .is_none());
     }
 }

@@ -28,15 +28,21 @@ pub mod transport;
 
 use std::sync::Arc;
 
-pub use config::Config;
+pub use config::{Command, Config};
 pub use node::Node;
 
-/// Run an edge until SIGTERM/SIGINT, then drain and return.
+/// Run an edge until SIGTERM/SIGINT, then drain and return (or run a subcommand).
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    if let Some(Command::Token(t)) = &config.command {
+        let jwt = t.mint(&config.auth).map_err(anyhow::Error::msg)?;
+        println!("{jwt}");
+        return Ok(());
+    }
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let drain_timeout = config.drain_timeout();
     let node = Node::start(config).await?;
     tracing::info!(addr = %listener.local_addr()?, node = %node.name, "edge listening");
+    log_auth(&node.verifier);
     let app = server::router(node.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let drainer = {
@@ -53,4 +59,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     serve.await?;
     drainer.await?;
     Ok(())
+}
+
+/// Say how clients are authenticated; loudly when they are not.
+fn log_auth(verifier: &natter_auth::Verifier) {
+    match verifier.mode() {
+        natter_auth::AuthMode::Off => tracing::warn!(
+            auth = "off",
+            "authentication is OFF: tokens are ignored and any client may claim any userId. \
+             For local development only; never expose this edge"
+        ),
+        mode => tracing::info!(
+            auth = %mode,
+            algorithms = ?verifier.algorithms(),
+            "clients are authenticated by signed tokens"
+        ),
+    }
 }

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use natter_bus::{subjects, DriftWatch, StreamReader};
 use natter_protocol::Limits;
 use thiserror::Error;
@@ -19,7 +18,7 @@ use natter_ops::{Probe, Readiness, Registry};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::outbox::{CloseReason, Outbox};
+use crate::outbox::Outbox;
 use crate::presence::Presence;
 use crate::room::{RoomDeps, Rooms};
 
@@ -30,11 +29,11 @@ const DRIFT_CHECK: Duration = Duration::from_secs(30);
 pub enum StartError {
     #[error(transparent)]
     Layout(#[from] natter_bus::SetupError),
-    #[error("could not subscribe to {0}: {1}")]
-    Subscribe(String, String),
+    #[error("authentication: {0}")]
+    Auth(#[from] natter_auth::AuthConfigError),
 }
 
-/// Open sessions by id, for takeovers and the drain.
+/// Open sessions by id, for the drain.
 #[derive(Default)]
 pub struct Sessions {
     map: Mutex<HashMap<String, Outbox>>,
@@ -85,6 +84,8 @@ pub struct Node {
     pub registry: Registry,
     pub limits: Limits,
     pub connections: Arc<Semaphore>,
+    /// Checks the tokens clients join with (`--auth`).
+    pub verifier: natter_auth::Verifier,
     /// Differences between the CHAT stream and this edge's settings (readiness fails).
     pub stream_drift: DriftWatch,
     draining: AtomicBool,
@@ -93,10 +94,11 @@ pub struct Node {
 }
 
 impl Node {
-    /// Connect to NATS, ensure the stream and bucket, and start the background tasks
-    /// (presence refresh, takeover notices).
+    /// Connect to NATS, ensure the stream and bucket, and start the background task that
+    /// refreshes presence.
     pub async fn start(config: Config) -> Result<Arc<Node>, StartError> {
         let name = config.node();
+        let verifier = natter_auth::Verifier::from_args(&config.auth, config.listen)?;
         let nats = natter_bus::connect(
             &config.nats_url,
             &format!("natter-edge {name}"),
@@ -115,7 +117,7 @@ impl Node {
             &format!("KV_{}", subjects::PRESENCE_BUCKET),
             timeout,
         );
-        let presence = Arc::new(Presence::new(kv, kv_reader));
+        let presence = Arc::new(Presence::new(kv, kv_reader, name.clone()));
         let limits = Limits {
             max_text_bytes: config.max_text_bytes,
             max_history_page: 500,
@@ -131,6 +133,7 @@ impl Node {
         });
         let node = Arc::new(Node {
             connections: Arc::new(Semaphore::new(config.max_connections)),
+            verifier,
             stream_drift,
             limits,
             name,
@@ -149,47 +152,8 @@ impl Node {
         });
         let refresh = Duration::from_secs((node.config.stream.presence_ttl_secs / 3).max(1));
         node.presence.spawn_refresher(refresh);
-        node.spawn_kick_listener().await?;
         info!(node = %node.name, "edge node started");
         Ok(node)
-    }
-
-    /// Listen for "close session X" from edges where X's name was taken over.
-    async fn spawn_kick_listener(self: &Arc<Self>) -> Result<(), StartError> {
-        let subject = subjects::kick(&self.name);
-        let mut sub = self
-            .nats
-            .subscribe(subject.clone())
-            .await
-            .map_err(|e| StartError::Subscribe(subject, e.to_string()))?;
-        let me = Arc::downgrade(self);
-        tokio::spawn(async move {
-            while let Some(msg) = sub.next().await {
-                let Some(node) = me.upgrade() else { return };
-                let sid = String::from_utf8_lossy(&msg.payload);
-                if let Some(outbox) = node.sessions.get(&sid) {
-                    info!(session = %sid, "session replaced on another edge; closing");
-                    outbox.close(CloseReason::Replaced);
-                }
-            }
-        });
-        Ok(())
-    }
-
-    /// Close session `session_id` held at `node` (this one or another edge).
-    pub async fn kick(&self, node: &str, session_id: &str) {
-        self.metrics.takeovers.inc();
-        if node == self.name {
-            if let Some(o) = self.sessions.get(session_id) {
-                o.close(CloseReason::Replaced);
-            }
-        } else if let Err(e) = self
-            .nats
-            .publish(subjects::kick(node), Bytes::from(session_id.to_owned()))
-            .await
-        {
-            warn!(error = %e, "could not notify the previous session's edge");
-        }
     }
 
     /// Publish an ephemeral room event (not stored) to every edge with members.

@@ -13,15 +13,16 @@ use tokio::sync::{mpsc, watch};
 pub enum CloseReason {
     /// Its outbound queue overflowed: reconnect and resume by `_id`.
     Slow,
-    /// The same userId joined elsewhere and took its name over.
-    Replaced,
     /// Nothing heard from the client for too long.
     Idle,
     /// The edge is stopping (drain deadline reached).
     Shutdown,
     /// A message exceeded the frame limit.
     TooLarge,
-    /// The room could not be kept consistent (a gap that could not be repaired): resume.
+    /// A text message was not valid UTF-8.
+    InvalidUtf8,
+    /// The room could not be kept consistent (a gap that could not be repaired), or the
+    /// session's name passed to another userId while the edge was cut off: rejoin/resume.
     Resync,
     /// The session ended on its own (client closed or the socket failed).
     Done,
@@ -32,10 +33,10 @@ impl CloseReason {
     pub fn close_frame(self) -> (u16, &'static str) {
         match self {
             CloseReason::Slow => (1013, "too slow: reconnect and resume"),
-            CloseReason::Replaced => (4001, "replaced by a newer session"),
             CloseReason::Idle => (1001, "idle timeout"),
             CloseReason::Shutdown => (1001, "server shutting down: reconnect"),
             CloseReason::TooLarge => (1009, "message too large"),
+            CloseReason::InvalidUtf8 => (1007, "invalid UTF-8 in a text message"),
             CloseReason::Resync => (1013, "resync: reconnect and resume"),
             CloseReason::Done => (1000, "bye"),
         }

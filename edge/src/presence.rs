@@ -1,25 +1,66 @@
-//! Who holds which name in which room, cluster-wide, in the `presence` KV bucket.
+//! Who holds which name in which room, cluster-wide, and from which sessions, in the
+//! `presence` KV bucket (values and key helpers in `natter_bus::presence_bucket`).
 //!
-//! A name is claimed with create-if-absent; the same userId takes an existing claim over
-//! (compare-and-set on the revision) and the old session is told to close, wherever it is.
-//! The edge refreshes its claims well within the bucket's TTL, so the names of a crashed
-//! edge free themselves. A refresh that finds its revision gone means another session took
-//! the name: that session's socket is closed as replaced.
+//! A name may be held by one userId, from any number of sessions (sockets) at once, on any
+//! edges. No session ever closes another.
+//!
+//! - **owner key** `<room>.<user>` = `{userId, userName}`: created if absent; an existing
+//!   one with another userId means the name is taken (`-32001`).
+//! - **session key** `<room>.<user>.<session>` = `{node, userId}`: one per joined socket.
+//!
+//! **Claim** (join): (1) create the owner key, or read it and accept it when it is ours
+//! (created → this is the first session: `newUser`); (2) put the session key; (3) *touch*
+//! the owner key with compare-and-set on the revision read in (1). If (3) finds the owner
+//! key deleted (a concurrent last leaver removed it), it is created again (the name became
+//! held again: `newUser`); if another userId holds it now, the session key is removed and
+//! the join gets `-32001`.
+//!
+//! **Release** (leave, socket gone): delete the session key, list the remaining session keys
+//! (`multi_last` on `$KV.presence.<room>.<user>.*`); when none remain, delete the owner key
+//! *expecting the revision just read* (→ `userLeft`). A wrong revision means someone touched
+//! it meanwhile: list again (bounded retries).
+//!
+//! **Why a name can never be held by sessions without its owner key (the race that
+//! matters)**: JetStream orders every write to the bucket. A joiner writes its session key
+//! *before* it touches the owner key, and the touch changes the owner's revision. A leaver
+//! deletes the owner key only with the revision it read *after* listing no sessions. So
+//! either the joiner's touch comes first — the leaver's delete fails on the revision, it
+//! lists again and now sees the joiner's session key (written before the touch) — or the
+//! leaver's delete comes first — the joiner's touch fails and it re-creates the owner key
+//! (and says `newUser`, after the leaver's `userLeft`). Two joiners of different userIds
+//! are ordered by create-if-absent on the owner key, and a joiner that lost re-checks in (3).
+//! Refreshes (below) also change the owner's revision; a leaver that meets one just lists
+//! again. (On a replicated bucket, direct gets may be served by a replica that lags; the
+//! refresh below repairs an owner key deleted on such a stale read within one period.)
+//!
+//! **Refresh** (every TTL/3): each edge compare-and-sets its own session keys (re-creating
+//! any that expired, e.g. while NATS was unreachable) and touches the owner keys it has
+//! sessions under (re-creating them when gone). If an owner key now belongs to another
+//! userId (ours expired during an outage and someone took the name), the sessions under it
+//! are closed with 1013 "resync": the client rejoins and gets a clear `-32001`.
+//!
+//! **Crashes**: a dead edge's session keys and the owner keys only it refreshed expire by
+//! the bucket's TTL. No `userLeft` is sent for those (nobody is left to notice the moment).
+//! A name whose other sessions live on stays held throughout.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
 use bytes::Bytes;
-use natter_bus::{subjects, StreamReader};
-use serde::{Deserialize, Serialize};
+use natter_bus::{subjects, Owner, SessionEntry, StreamReader};
 use thiserror::Error;
+use tracing::{debug, info, warn};
 
 use crate::outbox::{CloseReason, Outbox};
 
 /// Most names listed in a `welcome`.
 const MEMBERS_MAX: usize = 1000;
+/// Most sessions of one user in one room looked at when deciding whether one remains.
+const SESSIONS_MAX: usize = 1000;
+/// Rounds of a claim or release against concurrent writers before giving up.
+const ROUNDS: usize = 8;
 
 #[derive(Debug, Error)]
 pub enum PresenceError {
@@ -29,29 +70,38 @@ pub enum PresenceError {
     Unavailable(String),
 }
 
-/// The value stored under a name's key.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct Holder {
-    pub user_id: String,
-    pub user_name: String,
-    pub session_id: String,
-    pub node: String,
+fn unavailable(e: impl std::fmt::Display) -> PresenceError {
+    PresenceError::Unavailable(e.to_string())
 }
 
 /// A successful claim.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Claimed {
-    pub key: String,
-    pub revision: u64,
-    /// The session that held the name before (same userId), to be closed.
-    pub replaced: Option<Holder>,
+    pub owner_key: String,
+    pub session_key: String,
+    /// The name was not held before this session (tell the room: `newUser`).
+    pub first: bool,
 }
 
-struct Claim {
+/// What releasing a session did to its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    /// That was the last session: the name is free (tell the room: `userLeft`).
+    Freed,
+    /// Other sessions still hold the name (or it had already moved on).
+    StillHeld,
+    /// The store could not be reached; the entries expire by TTL.
+    Unknown,
+}
+
+/// One session joined on this edge.
+struct Local {
+    owner_key: String,
+    owner_value: Bytes,
+    user_id: String,
+    sessions_filter: String,
+    session_value: Bytes,
     revision: u64,
-    value: Bytes,
-    session_id: String,
     outbox: Outbox,
 }
 
@@ -59,69 +109,133 @@ struct Claim {
 pub struct Presence {
     kv: kv::Store,
     reader: StreamReader,
-    claims: Mutex<HashMap<String, Claim>>,
+    node: String,
+    /// This edge's sessions, by session key.
+    local: Mutex<HashMap<String, Local>>,
 }
 
 impl Presence {
-    pub fn new(kv: kv::Store, reader: StreamReader) -> Self {
+    pub fn new(kv: kv::Store, reader: StreamReader, node: String) -> Self {
         Presence {
             kv,
             reader,
-            claims: Mutex::new(HashMap::new()),
+            node,
+            local: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Claim `user_name` in a room for a session.
+    fn local(&self) -> MutexGuard<'_, HashMap<String, Local>> {
+        self.local.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hold `user_name` in a room for session `session_id` of `user_id`.
+    #[tracing::instrument(skip_all, fields(room = room_token, user = user_token))]
     pub async fn claim(
         &self,
         room_token: &str,
         user_token: &str,
-        holder: Holder,
+        user_id: &str,
+        user_name: &str,
+        session_id: &str,
         outbox: &Outbox,
     ) -> Result<Claimed, PresenceError> {
-        let key = subjects::presence_key(room_token, user_token);
-        let value: Bytes = serde_json::to_vec(&holder)
-            .map_err(|e| PresenceError::Unavailable(e.to_string()))?
-            .into();
-        let unavailable = |e: &dyn std::fmt::Display| PresenceError::Unavailable(e.to_string());
-        for _ in 0..5 {
-            match self.kv.create(&key, value.clone()).await {
-                Ok(revision) => {
-                    self.remember(&key, revision, value, &holder.session_id, outbox);
-                    return Ok(Claimed {
-                        key,
-                        revision,
-                        replaced: None,
-                    });
+        let owner_key = subjects::presence_owner_key(room_token, user_token);
+        let session_key = subjects::presence_session_key(room_token, user_token, session_id);
+        let owner_value: Bytes = serde_json::to_vec(&Owner {
+            user_id: user_id.to_owned(),
+            user_name: user_name.to_owned(),
+        })
+        .map_err(unavailable)?
+        .into();
+        let session_value: Bytes = serde_json::to_vec(&SessionEntry {
+            node: self.node.clone(),
+            user_id: user_id.to_owned(),
+        })
+        .map_err(unavailable)?
+        .into();
+
+        // (1) The owner key: ours already, or created now.
+        let (mut owner_rev, mut first) = self.hold_owner(&owner_key, &owner_value, user_id).await?;
+        // (2) This session's key, remembered at once so that the refresher keeps it alive.
+        let revision = self
+            .kv
+            .put(&session_key, session_value.clone())
+            .await
+            .map_err(unavailable)?;
+        self.local().insert(
+            session_key.clone(),
+            Local {
+                owner_key: owner_key.clone(),
+                owner_value: owner_value.clone(),
+                user_id: user_id.to_owned(),
+                sessions_filter: subjects::presence_sessions_filter(room_token, user_token),
+                session_value,
+                revision,
+                outbox: outbox.clone(),
+            },
+        );
+        // (3) Touch the owner key, so that a concurrent last leaver cannot delete it.
+        let outcome = async {
+            for _ in 0..ROUNDS {
+                match self
+                    .kv
+                    .update(&owner_key, owner_value.clone(), owner_rev)
+                    .await
+                {
+                    Ok(_) => return Ok(()),
+                    Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {}
+                    Err(e) => return Err(unavailable(e)),
                 }
-                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
-                Err(e) => return Err(unavailable(&e)),
+                match self.owner(&owner_key).await? {
+                    Some((uid, rev)) if uid == user_id => owner_rev = rev,
+                    Some(_) => return Err(PresenceError::Taken),
+                    None => match self.kv.create(&owner_key, owner_value.clone()).await {
+                        Ok(_) => {
+                            debug!("the name was freed meanwhile; held again");
+                            first = true;
+                            return Ok(());
+                        }
+                        Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
+                        Err(e) => return Err(unavailable(e)),
+                    },
+                }
             }
-            let entry = match self.kv.entry(&key).await {
-                Ok(Some(entry)) => entry,
-                Ok(None) => continue, // expired between the two calls
-                Err(e) => return Err(unavailable(&e)),
-            };
-            let previous = match entry.operation {
-                Operation::Put => match serde_json::from_slice::<Holder>(&entry.value) {
-                    Ok(h) if h.user_id != holder.user_id => return Err(PresenceError::Taken),
-                    Ok(h) => Some(h),
-                    Err(_) => None, // unreadable value: treat as free
-                },
-                Operation::Delete | Operation::Purge => None,
-            };
-            match self.kv.update(&key, value.clone(), entry.revision).await {
-                Ok(revision) => {
-                    self.remember(&key, revision, value, &holder.session_id, outbox);
-                    let replaced = previous.filter(|p| p.session_id != holder.session_id);
-                    return Ok(Claimed {
-                        key,
-                        revision,
-                        replaced,
-                    });
-                }
-                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
-                Err(e) => return Err(unavailable(&e)),
+            Err(PresenceError::Unavailable(
+                "the name is changing hands too fast; retry".into(),
+            ))
+        }
+        .await;
+        match outcome {
+            Ok(()) => Ok(Claimed {
+                owner_key,
+                session_key,
+                first,
+            }),
+            Err(e) => {
+                self.forget(&session_key).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Create the owner key, or accept an existing one of `user_id`. Returns its revision
+    /// and whether it was created.
+    async fn hold_owner(
+        &self,
+        key: &str,
+        value: &Bytes,
+        user_id: &str,
+    ) -> Result<(u64, bool), PresenceError> {
+        for _ in 0..ROUNDS {
+            match self.kv.create(key, value.clone()).await {
+                Ok(rev) => return Ok((rev, true)),
+                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
+                Err(e) => return Err(unavailable(e)),
+            }
+            match self.owner(key).await? {
+                Some((uid, rev)) if uid == user_id => return Ok((rev, false)),
+                Some(_) => return Err(PresenceError::Taken),
+                None => continue, // deleted or expired between the two calls
             }
         }
         Err(PresenceError::Unavailable(
@@ -129,132 +243,213 @@ impl Presence {
         ))
     }
 
-    fn remember(&self, key: &str, revision: u64, value: Bytes, session_id: &str, outbox: &Outbox) {
-        let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
-        // A claim of this key by another local session is superseded: close it.
-        if let Some(old) = claims.insert(
-            key.to_owned(),
-            Claim {
-                revision,
-                value,
-                session_id: session_id.to_owned(),
-                outbox: outbox.clone(),
-            },
-        ) {
-            if old.session_id != session_id {
-                old.outbox.close(CloseReason::Replaced);
+    /// The userId holding an owner key and the key's revision; `None` when it is free.
+    /// An unreadable value counts as someone else's.
+    async fn owner(&self, key: &str) -> Result<Option<(String, u64)>, PresenceError> {
+        match self.kv.entry(key).await.map_err(unavailable)? {
+            Some(e) if e.operation == Operation::Put => {
+                let uid = serde_json::from_slice::<Owner>(&e.value)
+                    .map(|o| o.user_id)
+                    .unwrap_or_default();
+                Ok(Some((uid, e.revision)))
             }
+            _ => Ok(None),
         }
     }
 
-    /// Give a name up, unless another session has taken it meanwhile. True when this
-    /// session still held it (and it is now free).
-    pub async fn release(&self, key: &str, session_id: &str) -> bool {
-        let revision = {
-            let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
-            match claims.get(key) {
-                Some(c) if c.session_id == session_id => claims.remove(key).map(|c| c.revision),
-                _ => None,
-            }
+    /// Drop a session this edge no longer serves, without touching its owner key.
+    async fn forget(&self, session_key: &str) {
+        self.local().remove(session_key);
+        if let Err(e) = self.kv.delete(session_key).await {
+            debug!(key = session_key, error = %e, "session key left to expire");
+        }
+    }
+
+    /// Give a session's hold on a name back; frees the name when it was the last session.
+    #[tracing::instrument(skip(self))]
+    pub async fn release(&self, session_key: &str) -> Released {
+        let Some(local) = self.local().remove(session_key) else {
+            return Released::StillHeld; // never held, or dropped by the refresher
         };
-        let Some(rev) = revision else { return false };
-        match self.kv.delete_expect_revision(key, Some(rev)).await {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::debug!(key, error = %e, "presence release skipped (name moved on or store down)");
-                false
+        if let Err(e) = self.kv.delete(session_key).await {
+            warn!(error = %e, "presence release failed; the session key will expire");
+            return Released::Unknown;
+        }
+        for _ in 0..ROUNDS {
+            match self.live_sessions(&local.sessions_filter).await {
+                Ok(0) => {}
+                Ok(_) => return Released::StillHeld,
+                Err(e) => {
+                    warn!(error = %e, "listing sessions failed; the name will expire");
+                    return Released::Unknown;
+                }
+            }
+            let rev = match self.owner(&local.owner_key).await {
+                Ok(Some((uid, rev))) if uid == local.user_id => rev,
+                Ok(_) => return Released::StillHeld, // already freed (or taken) meanwhile
+                Err(e) => {
+                    warn!(error = %e, "reading the name failed; it will expire");
+                    return Released::Unknown;
+                }
+            };
+            match self
+                .kv
+                .delete_expect_revision(&local.owner_key, Some(rev))
+                .await
+            {
+                Ok(()) => return Released::Freed,
+                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => {
+                    warn!(error = %e, "freeing the name failed; it will expire");
+                    return Released::Unknown;
+                }
             }
         }
+        Released::Unknown
     }
 
-    /// Names currently held in a room.
+    /// How many session keys under a name are live.
+    async fn live_sessions(&self, filter: &str) -> Result<usize, natter_bus::ReadError> {
+        let msgs = self.reader.multi_last(filter, SESSIONS_MAX).await?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.headers.get("KV-Operation").is_none())
+            .count())
+    }
+
+    /// Names currently held in a room (owner keys only).
     pub async fn members(&self, room_token: &str) -> Vec<String> {
         let filter = subjects::presence_room_filter(room_token);
         match self.reader.multi_last(&filter, MEMBERS_MAX).await {
             Ok(msgs) => msgs
                 .into_iter()
                 .filter(|m| m.headers.get("KV-Operation").is_none())
-                .filter_map(|m| serde_json::from_slice::<Holder>(&m.payload).ok())
-                .map(|h| h.user_name)
+                .filter_map(|m| serde_json::from_slice::<Owner>(&m.payload).ok())
+                .map(|o| o.user_name)
                 .collect(),
             Err(e) => {
-                tracing::warn!(error = %e, "listing room members failed");
+                warn!(error = %e, "listing room members failed");
                 Vec::new()
             }
         }
     }
 
-    /// Refresh every claim of this edge once; close sessions whose names were taken over.
+    /// Refresh this edge's session keys and the owner keys it has sessions under, once.
     pub async fn refresh_all(&self) {
-        let snapshot: Vec<(String, u64, Bytes, String)> = {
-            let claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
-            claims
+        type Snapshot = (String, u64, Bytes);
+        let (sessions, owners): (Vec<Snapshot>, HashMap<String, (Bytes, String)>) = {
+            let local = self.local();
+            let sessions = local
                 .iter()
-                .map(|(k, c)| (k.clone(), c.revision, c.value.clone(), c.session_id.clone()))
-                .collect()
+                .map(|(k, l)| (k.clone(), l.revision, l.session_value.clone()))
+                .collect();
+            let owners = local
+                .values()
+                .map(|l| {
+                    (
+                        l.owner_key.clone(),
+                        (l.owner_value.clone(), l.user_id.clone()),
+                    )
+                })
+                .collect();
+            (sessions, owners)
         };
-        for chunk in snapshot.chunks(256) {
-            let futs = chunk.iter().map(|(key, rev, value, sid)| async move {
-                (
-                    key,
-                    sid,
-                    self.refresh_one(key, *rev, value.clone(), sid).await,
-                )
+        for chunk in sessions.chunks(256) {
+            let futs = chunk.iter().map(|(key, rev, value)| async move {
+                (key, self.refresh_session(key, *rev, value.clone()).await)
             });
-            for (key, sid, outcome) in futures_util::future::join_all(futs).await {
-                let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
-                let Some(c) = claims.get_mut(key.as_str()) else {
-                    continue;
-                };
-                if c.session_id != *sid {
-                    continue;
+            for (key, rev) in futures_util::future::join_all(futs).await {
+                if let (Some(rev), Some(l)) = (rev, self.local().get_mut(key.as_str())) {
+                    l.revision = rev;
                 }
-                match outcome {
-                    Refresh::Kept(rev) => c.revision = rev,
-                    Refresh::Lost => {
-                        tracing::info!(key = %key, session = %sid, "name taken over elsewhere; closing session");
-                        c.outbox.close(CloseReason::Replaced);
-                        claims.remove(key.as_str());
-                    }
-                    Refresh::Unknown => {}
+            }
+        }
+        let owners: Vec<_> = owners.into_iter().collect();
+        for chunk in owners.chunks(256) {
+            let futs = chunk.iter().map(|(key, (value, uid))| async move {
+                (key, self.refresh_owner(key, value.clone(), uid).await)
+            });
+            for (key, still_ours) in futures_util::future::join_all(futs).await {
+                if !still_ours {
+                    self.close_sessions_under(key).await;
                 }
             }
         }
     }
 
-    async fn refresh_one(
-        &self,
-        key: &str,
-        revision: u64,
-        value: Bytes,
-        session_id: &str,
-    ) -> Refresh {
+    /// Keep a session key alive; its new revision, or `None` when unknown.
+    async fn refresh_session(&self, key: &str, revision: u64, value: Bytes) -> Option<u64> {
         match self.kv.update(key, value.clone(), revision).await {
-            Ok(rev) => return Refresh::Kept(rev),
+            Ok(rev) => return Some(rev),
             Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {}
             Err(e) => {
-                tracing::warn!(key, error = %e, "presence refresh failed; will retry");
-                return Refresh::Unknown;
+                warn!(key, error = %e, "presence refresh failed; will retry");
+                return None;
             }
         }
-        // Our revision is gone: expired (e.g. NATS was unreachable past the TTL), or taken.
-        match self.kv.entry(key).await {
-            Ok(Some(entry)) if entry.operation == Operation::Put => {
-                match serde_json::from_slice::<Holder>(&entry.value) {
-                    Ok(h) if h.session_id == session_id => Refresh::Kept(entry.revision),
-                    _ => Refresh::Lost,
-                }
+        // Expired (NATS unreachable past the TTL) or released meanwhile: put it back only
+        // while the session is still here.
+        if !self.local().contains_key(key) {
+            return None;
+        }
+        match self.kv.put(key, value).await {
+            Ok(rev) => Some(rev),
+            Err(e) => {
+                warn!(key, error = %e, "presence refresh failed; will retry");
+                None
             }
-            Ok(_) => match self.kv.create(key, value).await {
-                Ok(rev) => Refresh::Kept(rev),
-                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Refresh::Lost,
-                Err(_) => Refresh::Unknown,
-            },
-            Err(_) => Refresh::Unknown,
         }
     }
 
-    /// Refresh claims every `period` until the edge stops.
+    /// Keep an owner key alive; false when it now belongs to another userId.
+    async fn refresh_owner(&self, key: &str, value: Bytes, user_id: &str) -> bool {
+        let refreshed = match self.owner(key).await {
+            Ok(Some((uid, _))) if uid != user_id => return false,
+            Ok(Some((_, rev))) => self
+                .kv
+                .update(key, value, rev)
+                .await
+                .map(drop)
+                .map_err(|e| {
+                    // Another edge touched it first: just as fresh.
+                    (e.kind() != UpdateErrorKind::WrongLastRevision).then(|| e.to_string())
+                }),
+            Ok(None) => self.kv.create(key, value).await.map(drop).map_err(|e| {
+                // Someone created it first: the next round sees whose it is.
+                (e.kind() != CreateErrorKind::AlreadyExists).then(|| e.to_string())
+            }),
+            Err(e) => Err(Some(e.to_string())),
+        };
+        if let Err(Some(e)) = refreshed {
+            warn!(key, error = %e, "presence refresh of a name failed; will retry");
+        }
+        true
+    }
+
+    /// The name under `owner_key` is another userId's now: close this edge's sessions under
+    /// it with `resync`, so that their clients rejoin and learn it (`-32001`).
+    async fn close_sessions_under(&self, owner_key: &str) {
+        let lost: Vec<(String, Outbox)> = {
+            let mut local = self.local();
+            let keys: Vec<String> = local
+                .iter()
+                .filter(|(_, l)| l.owner_key == owner_key)
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| local.remove(&k).map(|l| (k, l.outbox)))
+                .collect()
+        };
+        for (key, outbox) in lost {
+            info!(key = %key, "name now held by another userId; closing the session to resync");
+            outbox.close(CloseReason::Resync);
+            if let Err(e) = self.kv.delete(&key).await {
+                debug!(key = %key, error = %e, "session key left to expire");
+            }
+        }
+    }
+
+    /// Refresh every `period` until the edge stops.
     pub fn spawn_refresher(self: &Arc<Self>, period: Duration) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
@@ -266,10 +461,4 @@ impl Presence {
             }
         })
     }
-}
-
-enum Refresh {
-    Kept(u64),
-    Lost,
-    Unknown,
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -24,7 +24,12 @@ pub fn router(node: Arc<Node>) -> Router {
         .merge(natter_ops::router(node))
 }
 
-async fn chat(State(node): State<Arc<Node>>, upgrade: IncomingUpgrade) -> Response {
+async fn chat(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    uri: Uri,
+    upgrade: IncomingUpgrade,
+) -> Response {
     if node.is_draining() {
         node.metrics.connections_rejected.inc();
         return (
@@ -37,13 +42,17 @@ async fn chat(State(node): State<Arc<Node>>, upgrade: IncomingUpgrade) -> Respon
         node.metrics.connections_rejected.inc();
         return (StatusCode::SERVICE_UNAVAILABLE, "connection limit reached").into_response();
     };
+    // A token on the upgrade applies to every join on the socket (checked at each join,
+    // so that a refused token gets a precise JSON-RPC error, not a bare HTTP status).
+    let token =
+        natter_auth::bearer_token(&headers).or_else(|| natter_auth::query_token(uri.query()));
     let (response, fut) = match upgrade.upgrade() {
         Ok(x) => x,
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
     tokio::spawn(async move {
         match fut.await {
-            Ok(ws) => session::serve(node, ws, permit).await,
+            Ok(ws) => session::serve(node, ws, permit, token).await,
             Err(e) => warn!(error = %e, "WebSocket upgrade failed"),
         }
     });

@@ -12,7 +12,8 @@ pub struct Joined {
     pub user_id: String,
     pub user_name: String,
     pub user_token: String,
-    pub presence_key: String,
+    /// This session's key in the presence bucket (`<room>.<user>.<session>`).
+    pub session_key: String,
 }
 
 /// Rooms joined on one socket, by room name.

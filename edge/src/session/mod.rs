@@ -29,6 +29,7 @@ use tracing::{debug, Instrument};
 
 use crate::node::Node;
 use crate::outbox::{CloseReason, Outbox, Signal};
+use crate::presence::Released;
 use crate::transport::read::{Message, MessageReader, ReadEnd};
 use crate::transport::write::{write_loop, WriteInputs, WriteSettings};
 use crate::transport::{self, Io};
@@ -38,14 +39,28 @@ use limits::RateLimit;
 /// How long a side waits for the other to finish once one has ended.
 const GRACE: Duration = Duration::from_secs(2);
 
-/// Serve one upgraded WebSocket until it closes.
-pub async fn serve(node: Arc<Node>, ws: WebSocket<Io>, permit: OwnedSemaphorePermit) {
+/// Serve one upgraded WebSocket until it closes. `upgrade_token` is the token the upgrade
+/// request carried (`Authorization: Bearer` or `?token=`), for every join on the socket.
+pub async fn serve(
+    node: Arc<Node>,
+    ws: WebSocket<Io>,
+    permit: OwnedSemaphorePermit,
+    upgrade_token: Option<String>,
+) {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let span = tracing::info_span!("session", session = %id);
-    run(node, ws, id, permit).instrument(span).await;
+    run(node, ws, id, permit, upgrade_token)
+        .instrument(span)
+        .await;
 }
 
-async fn run(node: Arc<Node>, ws: WebSocket<Io>, id: String, _permit: OwnedSemaphorePermit) {
+async fn run(
+    node: Arc<Node>,
+    ws: WebSocket<Io>,
+    id: String,
+    _permit: OwnedSemaphorePermit,
+    upgrade_token: Option<String>,
+) {
     node.metrics.connections.inc();
     node.metrics.connections_accepted.inc();
     let (frames_tx, frames_rx) = mpsc::channel(node.config.outbound_queue.max(1));
@@ -61,7 +76,13 @@ async fn run(node: Arc<Node>, ws: WebSocket<Io>, id: String, _permit: OwnedSemap
     debug!("connected");
 
     let mut close_watch = outbox.watch();
-    let session = Session::new(node.clone(), id.clone(), outbox.clone(), joined.clone());
+    let session = Session::new(
+        node.clone(),
+        id.clone(),
+        outbox.clone(),
+        joined.clone(),
+        upgrade_token,
+    );
     let mut reader = tokio::spawn(session.read_loop(halves.reader).in_current_span());
     let settings = WriteSettings {
         ping_every: Duration::from_secs(node.config.ping_interval_secs),
@@ -84,11 +105,15 @@ async fn run(node: Arc<Node>, ws: WebSocket<Io>, id: String, _permit: OwnedSemap
         .in_current_span(),
     );
 
-    let read_end = tokio::select! {
+    let _read_end = tokio::select! {
         end = &mut reader => {
             let end = end.ok();
             let too_large = end == Some(ReadEnd::TooLarge);
-            outbox.close(if too_large { CloseReason::TooLarge } else { CloseReason::Done });
+            outbox.close(match end {
+                Some(ReadEnd::TooLarge) => CloseReason::TooLarge,
+                Some(ReadEnd::InvalidUtf8) => CloseReason::InvalidUtf8,
+                _ => CloseReason::Done,
+            });
             if tokio::time::timeout(GRACE, &mut writer).await.is_err() {
                 writer.abort();
             }
@@ -105,7 +130,7 @@ async fn run(node: Arc<Node>, ws: WebSocket<Io>, id: String, _permit: OwnedSemap
             finish(&mut reader).await
         }
         _ = close_requested(&mut close_watch) => {
-            // Slow, replaced, shutdown...: the writer sends the close frame, unless it is stuck
+            // Slow, resync, shutdown...: the writer sends the close frame, unless it is stuck
             // on a socket the client stopped reading, in which case the socket is dropped.
             if tokio::time::timeout(GRACE, &mut writer).await.is_err() {
                 writer.abort();
@@ -116,8 +141,7 @@ async fn run(node: Arc<Node>, ws: WebSocket<Io>, id: String, _permit: OwnedSemap
     if outbox.closing() == Some(CloseReason::Slow) {
         node.metrics.slow_client_disconnects.inc();
     }
-    let said_goodbye = read_end == Some(ReadEnd::ClientClosed);
-    Box::pin(cleanup(&node, &id, &joined, said_goodbye)).await;
+    Box::pin(cleanup(&node, &id, &joined)).await;
     debug!(reason = ?outbox.closing(), "disconnected");
 }
 
@@ -144,14 +168,13 @@ async fn close_requested(rx: &mut watch::Receiver<Signal>) {
     }
 }
 
-/// Leave every room, give names back, and say goodbye to the room when the client left on
-/// purpose (and still held its name: a client that moved to another edge did not leave).
-async fn cleanup(node: &Arc<Node>, id: &str, joined: &JoinedRooms, said_goodbye: bool) {
+/// Leave every room and give the names back; tell a room a user left when this was the
+/// user's last session under that name (closed or dropped: the same to the room).
+async fn cleanup(node: &Arc<Node>, id: &str, joined: &JoinedRooms) {
     node.sessions.remove(id);
     for j in joined.take_all() {
         node.rooms.leave(&j.membership);
-        let held = node.presence.release(&j.presence_key, id).await;
-        if said_goodbye && held {
+        if node.presence.release(&j.session_key).await == Released::Freed {
             announce_left(node, &j).await;
         }
     }
@@ -177,19 +200,28 @@ pub struct Session {
     id: String,
     outbox: Outbox,
     joined: Arc<JoinedRooms>,
+    /// The token of the upgrade request, for joins that carry none.
+    upgrade_token: Option<String>,
     rate: RateLimit,
     /// Created on the first publish: idle sockets cost no ack task.
     acks: Option<mpsc::Sender<acks::PendingAck>>,
 }
 
 impl Session {
-    fn new(node: Arc<Node>, id: String, outbox: Outbox, joined: Arc<JoinedRooms>) -> Self {
+    fn new(
+        node: Arc<Node>,
+        id: String,
+        outbox: Outbox,
+        joined: Arc<JoinedRooms>,
+        upgrade_token: Option<String>,
+    ) -> Self {
         let rate = RateLimit::new(node.config.rate_per_sec, node.config.rate_burst);
         Session {
             node,
             id,
             outbox,
             joined,
+            upgrade_token,
             rate,
             acks: None,
         }

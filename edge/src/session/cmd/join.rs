@@ -1,16 +1,18 @@
-//! `joinRoom` and `reconnect`: claim the name, join the room at a seam, answer `OK`, send
-//! `welcome`, replay history up to the seam, go live, and (on a fresh join) tell the room.
+//! `joinRoom` and `reconnect`: check the token, claim the name, join the room at a seam,
+//! answer `OK`, send `welcome`, replay history up to the seam, go live, and (on a fresh join
+//! that made the name held) tell the room.
 
+use natter_auth::AuthMode;
 use natter_protocol::request::Join;
 use natter_protocol::{frame, token, ErrorCode, RpcError};
 use serde_json::{json, Value};
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use crate::catchup;
 use crate::outbox::CloseReason;
-use crate::presence::{Holder, PresenceError};
+use crate::presence::{PresenceError, Released};
 use crate::session::joined::Joined;
-use crate::session::Session;
+use crate::session::{announce_left, Session};
 
 impl Session {
     pub(super) async fn join(&mut self, id: Option<Value>, j: Join, reconnect: bool) -> bool {
@@ -18,9 +20,15 @@ impl Session {
         let failed = if reconnect {
             ErrorCode::ReconnectFailed
         } else {
-            ErrorCode::Unavailable
+            ErrorCode::JoinFailed
         };
         let id = id.as_ref();
+        if let Err(why) = self.authorize(&j) {
+            debug!(room = %j.room_name, reason = %why, "join refused: unauthorized");
+            return self
+                .reply_error(id, RpcError::new(ErrorCode::Unauthorized, why))
+                .await;
+        }
         // Joining a room this socket is already in (same user) restarts its catch-up.
         let existing = self.joined.lock().remove(&j.room_name);
         if let Some(e) = existing {
@@ -33,8 +41,10 @@ impl Session {
                 return self.reply_error(id, err).await;
             }
             node.rooms.leave(&e.membership);
-            if e.user_name != j.user_name {
-                node.presence.release(&e.presence_key, &self.id).await;
+            if e.user_name != j.user_name
+                && node.presence.release(&e.session_key).await == Released::Freed
+            {
+                announce_left(&node, &e).await;
             }
         }
         let max_rooms = node.config.max_rooms_per_socket;
@@ -45,15 +55,16 @@ impl Session {
         }
         let room_token = token::encode(&j.room_name);
         let user_token = token::encode(&j.user_name);
-        let holder = Holder {
-            user_id: j.user_id.clone(),
-            user_name: j.user_name.clone(),
-            session_id: self.id.clone(),
-            node: node.name.clone(),
-        };
         let claimed = match node
             .presence
-            .claim(&room_token, &user_token, holder, &self.outbox)
+            .claim(
+                &room_token,
+                &user_token,
+                &j.user_id,
+                &j.user_name,
+                &self.id,
+                &self.outbox,
+            )
             .await
         {
             Ok(c) => c,
@@ -73,9 +84,10 @@ impl Session {
                     .await;
             }
         };
-        if let Some(old) = &claimed.replaced {
-            info!(room = %j.room_name, user = %j.user_name, old_session = %old.session_id, "name taken over by the same userId");
-            node.kick(&old.node, &old.session_id).await;
+        if !claimed.first {
+            // Another session of the same userId holds the name too (tabs, devices, a
+            // reconnect racing a half-open socket): both stay.
+            node.metrics.takeovers.inc();
         }
         let member_id = node.next_member_id();
         let joined = node
@@ -91,7 +103,9 @@ impl Session {
             Ok(m) => m,
             Err(e) => {
                 warn!(error = %e, "join failed");
-                node.presence.release(&claimed.key, &self.id).await;
+                if node.presence.release(&claimed.session_key).await == Released::Freed {
+                    debug!("join failed; the name it had made held is free again");
+                }
                 return self
                     .reply_error(id, RpcError::new(failed, format!("{e}; retry")))
                     .await;
@@ -106,7 +120,7 @@ impl Session {
                 user_id: j.user_id.clone(),
                 user_name: j.user_name.clone(),
                 user_token: user_token.clone(),
-                presence_key: claimed.key,
+                session_key: claimed.session_key,
             },
         );
         if !self.reply(id, json!("OK")).await {
@@ -131,7 +145,7 @@ impl Session {
             }
         }
         room.go_live(member_id, node.rooms.deps());
-        if !reconnect {
+        if !reconnect && claimed.first {
             let note = frame::notification(
                 "newUser",
                 json!({"type": "system", "text": format!("{} has joined the room!", j.user_name),
@@ -142,5 +156,44 @@ impl Session {
                 .await;
         }
         true
+    }
+}
+
+impl Session {
+    /// Whether the token for this join (its own, else the upgrade's) lets it through; the
+    /// reason for the client when not.
+    fn authorize(&self, j: &Join) -> Result<(), String> {
+        let verifier = &self.node.verifier;
+        if verifier.mode() == AuthMode::Off {
+            return Ok(());
+        }
+        let (token, from) = match (&j.token, &self.upgrade_token) {
+            (Some(t), _) => (t, "params.token"),
+            (None, Some(t)) => (t, "the upgrade request's token"),
+            (None, None) if verifier.mode() == AuthMode::Required => {
+                return Err("a token is required: send params.token, or connect with \
+                            Authorization: Bearer <jwt> or ?token=<jwt>"
+                    .into())
+            }
+            (None, None) => return Ok(()),
+        };
+        let claims = verifier.verify(token).map_err(|e| format!("{from}: {e}"))?;
+        if claims.sub != j.user_id {
+            return Err(format!(
+                "{from} is for userId {:?}, not {:?}",
+                claims.sub, j.user_id
+            ));
+        }
+        if !claims.allows_name(&j.user_name) {
+            return Err(format!(
+                "{from} allows only the user name {:?}, not {:?}",
+                claims.name.as_deref().unwrap_or_default(),
+                j.user_name
+            ));
+        }
+        if !claims.allows_room(&j.room_name) {
+            return Err(format!("{from} does not allow room {:?}", j.room_name));
+        }
+        Ok(())
     }
 }

@@ -1,8 +1,10 @@
-//! `leaveRoom {roomName}`: leave a room on this socket, free the name, tell the room.
+//! `leaveRoom {roomName}`: leave a room on this socket; when it was the user's last session
+//! under that name, the name is free and the room is told (`userLeft`).
 
 use serde_json::{json, Value};
 
 use super::not_joined;
+use crate::presence::Released;
 use crate::session::{announce_left, Session};
 
 impl Session {
@@ -11,7 +13,7 @@ impl Session {
             return self.reply_error(id.as_ref(), not_joined(room)).await;
         };
         self.node.rooms.leave(&j.membership);
-        if self.node.presence.release(&j.presence_key, &self.id).await {
+        if self.node.presence.release(&j.session_key).await == Released::Freed {
             announce_left(&self.node, &j).await;
         }
         self.reply(id.as_ref(), json!("OK")).await

@@ -31,6 +31,8 @@ pub enum ReadEnd {
     ClientClosed,
     /// A message exceeded the size limit.
     TooLarge,
+    /// A text message was not UTF-8 (however it was fragmented).
+    InvalidUtf8,
     /// The socket failed or broke the protocol (e.g. a continuation out of place).
     Failed,
 }
@@ -74,7 +76,7 @@ impl Reassembler {
                     return Step::End(ReadEnd::TooLarge);
                 }
                 if fin {
-                    Step::Message(message(opcode, payload.to_vec()))
+                    message(opcode, payload.to_vec())
                 } else {
                     self.partial = Some((opcode, payload.to_vec()));
                     Step::More
@@ -89,7 +91,7 @@ impl Reassembler {
                 }
                 buf.extend_from_slice(payload);
                 if fin {
-                    Step::Message(message(op, buf))
+                    message(op, buf)
                 } else {
                     self.partial = Some((op, buf));
                     Step::More
@@ -99,11 +101,15 @@ impl Reassembler {
     }
 }
 
-fn message(opcode: OpCode, data: Vec<u8>) -> Message {
+/// A finished message; a text message must be UTF-8 as a whole (a fragment boundary may
+/// split a character, so only the whole message is checked).
+fn message(opcode: OpCode, data: Vec<u8>) -> Step {
     if opcode == OpCode::Binary {
-        Message::Binary(data)
+        Step::Message(Message::Binary(data))
+    } else if std::str::from_utf8(&data).is_err() {
+        Step::End(ReadEnd::InvalidUtf8)
     } else {
-        Message::Text(data)
+        Step::Message(Message::Text(data))
     }
 }
 
@@ -186,6 +192,8 @@ impl MessageReader {
             let frame = match self.rd.read_frame(&mut send_fn).await {
                 Ok(f) => f,
                 Err(WebSocketError::FrameTooLarge) => return Err(ReadEnd::TooLarge),
+                // fastwebsockets checks unfragmented text frames itself.
+                Err(WebSocketError::InvalidUTF8) => return Err(ReadEnd::InvalidUtf8),
                 Err(e) => {
                     debug!(error = %e, "socket read ended");
                     return Err(ReadEnd::Failed);
@@ -260,6 +268,35 @@ mod tests {
         let mut r = Reassembler::new(10);
         assert_eq!(r.push(OpCode::Text, false, b"a"), Step::More);
         assert_eq!(r.push(OpCode::Text, true, b"b"), Step::End(ReadEnd::Failed));
+    }
+
+    #[test]
+    fn invalid_utf8_ends_reading_however_it_is_fragmented() {
+        let mut r = Reassembler::new(10);
+        assert_eq!(
+            r.push(OpCode::Text, true, b"\xff"),
+            Step::End(ReadEnd::InvalidUtf8)
+        );
+        // "é" split across two fragments is fine...
+        let mut r = Reassembler::new(10);
+        assert_eq!(r.push(OpCode::Text, false, b"\xc3"), Step::More);
+        assert_eq!(
+            r.push(OpCode::Continuation, true, b"\xa9"),
+            Step::Message(Message::Text("é".as_bytes().to_vec()))
+        );
+        // ...an invalid byte in any fragment is not.
+        let mut r = Reassembler::new(10);
+        assert_eq!(r.push(OpCode::Text, false, b"ok"), Step::More);
+        assert_eq!(
+            r.push(OpCode::Continuation, true, b"\xc3("),
+            Step::End(ReadEnd::InvalidUtf8)
+        );
+        // Binary messages are not text: the session answers them with -32700.
+        let mut r = Reassembler::new(10);
+        assert_eq!(
+            r.push(OpCode::Binary, true, b"\xff"),
+            Step::Message(Message::Binary(vec![0xff]))
+        );
     }
 
     #[test]

@@ -254,55 +254,103 @@ async fn page_back(
     Ok((page, more))
 }
 
-/// Everything with `after < _id <= up_to`, at most `max_catchup` (the newest); the flag says
-/// some were left out.
+/// Everything with `after < _id <= up_to`, at most `max_catchup` messages and
+/// `max_catchup_bytes` bytes (the newest); the flag says some were left out.
 async fn since(
     node: &Node,
     room: &Room,
     after: u64,
     up_to: u64,
 ) -> Result<(Frames, bool), CatchupError> {
-    let max = node.config.max_catchup.max(1);
+    let mut window = Newest::new(node.config.max_catchup, node.config.max_catchup_bytes);
     if after >= up_to {
         return Ok((Vec::new(), false));
     }
-    let mut ring: VecDeque<(u64, Bytes)> = VecDeque::new();
-    let mut truncated = false;
     let mut first_in_stream = None;
     node.reader
         .scan(&room.subject, after + 1, Some(up_to), |m| {
             first_in_stream.get_or_insert(m.seq);
             if let Some(f) = delivered(&m) {
-                if ring.len() == max {
-                    ring.pop_front();
-                    truncated = true;
-                }
-                ring.push_back(f);
+                window.push_newer(f);
             }
             true
         })
         .await
         .map_err(|e| CatchupError::Stream(e.to_string()))?;
     let stream_from = first_in_stream.unwrap_or(up_to + 1);
-    if !truncated
+    if !window.truncated
         && stream_from > after + 1
         && stream_may_have_dropped(node, &room.subject, after).await
     {
-        let want = max - ring.len();
+        let want = window.room_left();
         match archive_before(node, room, after, stream_from, want).await {
             Ok((older, more)) => {
-                truncated = more;
+                window.truncated = more;
                 for f in older.into_iter().rev() {
-                    ring.push_front(f);
+                    if !window.push_older(f) {
+                        break;
+                    }
                 }
             }
             Err(e) => {
                 warn!(error = %e, after, stream_from, "archive unavailable for catch-up; reporting truncation");
-                truncated = true;
+                window.truncated = true;
             }
         }
     }
-    Ok((ring.into(), truncated))
+    Ok((window.frames.into(), window.truncated))
+}
+
+/// The newest messages of a replay within a count and a byte budget.
+struct Newest {
+    frames: VecDeque<(u64, Bytes)>,
+    bytes: usize,
+    max: usize,
+    max_bytes: usize,
+    /// Some messages were left out.
+    truncated: bool,
+}
+
+impl Newest {
+    fn new(max: usize, max_bytes: usize) -> Self {
+        Newest {
+            frames: VecDeque::new(),
+            bytes: 0,
+            max: max.max(1),
+            max_bytes: max_bytes.max(1),
+            truncated: false,
+        }
+    }
+
+    /// Add a message newer than all held; the oldest make way.
+    fn push_newer(&mut self, f: (u64, Bytes)) {
+        self.bytes += f.1.len();
+        self.frames.push_back(f);
+        while self.frames.len() > self.max
+            || (self.bytes > self.max_bytes && self.frames.len() > 1)
+        {
+            if let Some((_, old)) = self.frames.pop_front() {
+                self.bytes -= old.len();
+            }
+            self.truncated = true;
+        }
+    }
+
+    /// Add a message older than all held, if it fits; false (and truncated) when not.
+    fn push_older(&mut self, f: (u64, Bytes)) -> bool {
+        if self.frames.len() >= self.max || self.bytes + f.1.len() > self.max_bytes {
+            self.truncated = true;
+            return false;
+        }
+        self.bytes += f.1.len();
+        self.frames.push_front(f);
+        true
+    }
+
+    /// How many more messages the count allows.
+    fn room_left(&self) -> usize {
+        self.max - self.frames.len()
+    }
 }
 
 /// `getHistory`: a page of up to `limit` messages before `before` (or the newest), as the
@@ -358,4 +406,54 @@ pub async fn history_page(
     );
     out.put_u8(b'}');
     Ok(out.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(seq: u64, len: usize) -> (u64, Bytes) {
+        (seq, Bytes::from(vec![b'x'; len]))
+    }
+
+    fn seqs(n: &Newest) -> Vec<u64> {
+        n.frames.iter().map(|(s, _)| *s).collect()
+    }
+
+    #[test]
+    fn the_newest_are_kept_within_the_count() {
+        let mut n = Newest::new(3, 1000);
+        for s in 1..=5 {
+            n.push_newer(f(s, 10));
+        }
+        assert_eq!(seqs(&n), vec![3, 4, 5]);
+        assert!(n.truncated);
+    }
+
+    #[test]
+    fn the_newest_are_kept_within_the_bytes() {
+        let mut n = Newest::new(100, 25);
+        for s in 1..=5 {
+            n.push_newer(f(s, 10));
+        }
+        assert_eq!(seqs(&n), vec![4, 5]);
+        assert!(n.truncated);
+        // One message larger than the budget is still sent alone rather than nothing.
+        let mut n = Newest::new(100, 5);
+        n.push_newer(f(1, 10));
+        assert_eq!(seqs(&n), vec![1]);
+    }
+
+    #[test]
+    fn older_messages_fill_what_is_left_and_no_more() {
+        let mut n = Newest::new(4, 35);
+        n.push_newer(f(10, 10));
+        n.push_newer(f(11, 10));
+        assert!(!n.truncated);
+        assert_eq!(n.room_left(), 2);
+        assert!(n.push_older(f(9, 10)));
+        assert!(!n.push_older(f(8, 10)), "over the byte budget");
+        assert_eq!(seqs(&n), vec![9, 10, 11]);
+        assert!(n.truncated);
+    }
 }

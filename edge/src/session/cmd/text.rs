@@ -32,6 +32,17 @@ impl Session {
             Err(e) => return self.reply_error(id.as_ref(), e).await,
         };
         let stored = frame::stored_message("textMessage", id.as_ref(), t.params, &now_rfc3339());
+        let max = self.node.config.max_message_bytes;
+        if stored.len() > max {
+            let err = RpcError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "the message would be stored as {} bytes, the limit is {max}; nothing was published",
+                    stored.len()
+                ),
+            );
+            return self.reply_error(id.as_ref(), err).await;
+        }
         let publish = PublishMessage::build()
             .payload(stored)
             .message_id(subjects::msg_id(&room_token, &t.uuid));

@@ -76,7 +76,7 @@ DATABASE_URL="postgres://natter@127.0.0.1:$PG_PORT/postgres"
 start archiver "$BIN/natter-archiver" --listen "127.0.0.1:$ARCHIVER_PORT" --nats-url "$NATS_URL" --database-url "$DATABASE_URL"
 start filestore "$BIN/natter-filestore" --listen "127.0.0.1:$FILESTORE_PORT" --nats-url "$NATS_URL" --data-dir "$DATA/files"
 for i in 0 1; do
-  start "edge-$((i+1))" "$BIN/natter-edge" --listen "127.0.0.1:${EDGE_PORTS[$i]}" --nats-url "$NATS_URL" --node-name "edge-$((i+1))"
+  start "edge-$((i+1))" "$BIN/natter-edge" --listen "127.0.0.1:${EDGE_PORTS[$i]}" --nats-url "$NATS_URL" --node-name "edge-$((i+1))" --auth off
 done
 start entry python3 scripts/lb.py "$ENTRY_PORT" "${EDGE_PORTS[@]}"
 start web python3 -m http.server --bind 127.0.0.1 --directory web "$WEB_PORT"
@@ -94,6 +94,8 @@ natter is up:
   chat (WebSocket, JSON-RPC)  ws://127.0.0.1:$ENTRY_PORT/chat     (balanced over the two edges)
   edge 1                      ws://127.0.0.1:${EDGE_PORTS[0]}/chat   http://127.0.0.1:${EDGE_PORTS[0]}/metrics
   edge 2                      ws://127.0.0.1:${EDGE_PORTS[1]}/chat   http://127.0.0.1:${EDGE_PORTS[1]}/metrics
+  edge authentication         OFF (--auth off): tokens are ignored, any client may claim any userId
+                              (local development only; see README "Authentication")
   filestore (REST)            http://127.0.0.1:$FILESTORE_PORT/images  /files
   archiver                    http://127.0.0.1:$ARCHIVER_PORT/metrics
   NATS                        $NATS_URL   (monitor http://127.0.0.1:8222)

@@ -39,7 +39,11 @@ pub enum AuthError {
 /// The auth flags do not make a usable configuration.
 #[derive(Debug, Error)]
 pub enum AuthConfigError {
-    #[error("--auth {0} needs a key: --auth-hs256-secret(-file) or --auth-public-key-file")]
+    #[error(
+        "--auth {0} needs a key: --auth-hs256-secret(-file) or --auth-public-key-file \
+         (required is the default when --listen is not a loopback address; \
+         --auth off is for local development only)"
+    )]
     NoKey(AuthMode),
     #[error("give --auth-hs256-secret or --auth-hs256-secret-file, not both")]
     TwoSecrets,

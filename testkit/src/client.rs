@@ -186,6 +186,33 @@ impl ChatClient {
             .map_err(|e| e.to_string())
     }
 
+    /// Send raw bytes as a text message split into frames of at most `chunk` bytes
+    /// (fragmentation), whether or not they are UTF-8.
+    pub async fn send_fragmented_text(&self, data: &[u8], chunk: usize) -> Result<(), String> {
+        let mut w = self.writer.lock().await;
+        let chunks: Vec<&[u8]> = data.chunks(chunk.max(1)).collect();
+        let last = chunks.len().saturating_sub(1);
+        for (i, c) in chunks.iter().enumerate() {
+            let opcode = if i == 0 {
+                OpCode::Text
+            } else {
+                OpCode::Continuation
+            };
+            w.write_frame(Frame::new(i == last, opcode, None, Payload::Borrowed(c)))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Send raw bytes as one text frame, whether or not they are UTF-8.
+    pub async fn send_raw_text(&self, data: &[u8]) -> Result<(), String> {
+        let mut w = self.writer.lock().await;
+        w.write_frame(Frame::new(true, OpCode::Text, None, Payload::Borrowed(data)))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// Send a binary frame.
     pub async fn send_binary(&self, data: &[u8]) -> Result<(), String> {
         let mut w = self.writer.lock().await;

@@ -26,7 +26,7 @@ docker_start() { # data-root log-file
       --userland-proxy=false \
       --data-root "$data_root" --exec-root "$DOCKERD_TMP/exec" \
       --host "unix://$DOCKERD_TMP/docker.sock" --pidfile "$DOCKERD_TMP/docker.pid" \
-      >"$log" 2>&1 &
+      >"$log" 2>&1 9>&- &  # fd 9: deploy-check's lock, never held by the daemon
     DOCKERD_PID=$!
     export DOCKER_HOST="unix://$DOCKERD_TMP/docker.sock"
   fi

@@ -63,6 +63,16 @@ pub struct Config {
     #[arg(long, env = "NATTER_MAX_CATCHUP", default_value_t = 10_000)]
     pub max_catchup: usize,
 
+    /// Most bytes of messages replayed on one resume; beyond it the newest are sent with a
+    /// `historyTruncated` notification, as for `--max-catchup`.
+    #[arg(long, env = "NATTER_MAX_CATCHUP_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_catchup_bytes: usize,
+
+    /// Largest stored message (the whole JSON object the stream keeps and members get),
+    /// in bytes; a textMessage that would be larger gets -32006.
+    #[arg(long, env = "NATTER_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024)]
+    pub max_message_bytes: usize,
+
     /// Default page of `getHistory` when the client gives no limit.
     #[arg(long, env = "NATTER_HISTORY_PAGE", default_value_t = 50)]
     pub history_page: u32,

@@ -265,3 +265,50 @@ async fn optional_mode_enforces_present_tokens_and_off_mode_ignores_them() {
     let quiet = bob.room_messages(1, Duration::from_millis(200)).await;
     assert!(quiet.is_empty(), "{quiet:?}");
 }
+
+#[tokio::test]
+async fn a_token_that_expires_does_not_cut_an_open_socket_off() {
+    let mut flags = required();
+    flags.extend(["--auth-leeway-secs", "0"]);
+    let s = stack(1, &flags).await;
+    let edge = &s.edges[0];
+    let short = token("u-ann", None, None, 2);
+    let url = format!("{}?token={short}", edge.ws_url());
+    let mut ann = ChatClient::connect(&url).await.unwrap();
+    ann.join(ROOM, "u-ann", "Ann", None, false)
+        .await
+        .expect("the token is valid for two seconds");
+    // Wait (bounded) until the server itself refuses the token as expired...
+    let mut probe = ChatClient::connect(&url).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = probe.join("probe", "u-ann", "Ann", None, true).await;
+        if let Err(e) = r {
+            assert_eq!(e["error"]["code"], -32007, "{e}");
+            assert!(
+                e["error"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("expired"),
+                "{e}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the token never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await; // polling pace, not a sync
+    }
+    // ...and the socket that joined with it still sends and receives.
+    ann.send_message(ROOM, "u-ann", "Ann", "still here", "late-1")
+        .await;
+    assert_eq!(uuids(&ann.room_messages(1, WAIT).await), vec!["late-1"]);
+    // The next join on it needs a fresh token.
+    let r = ann.join("another", "u-ann", "Ann", None, false).await;
+    assert_eq!(r.unwrap_err()["error"]["code"], -32007);
+    let fresh = token("u-ann", None, None, 600);
+    join_with_token(&mut ann, "another", "u-ann", "Ann", Some(&fresh), false)
+        .await
+        .expect("a fresh token");
+}

@@ -218,3 +218,37 @@ async fn concurrent_joins_of_two_users_for_one_name_admit_exactly_one_user() {
         .await
         .expect("the name is free again");
 }
+
+#[tokio::test]
+async fn a_name_that_changed_hands_during_an_outage_closes_its_sessions_with_resync() {
+    let s = stack(1, &["--presence-ttl-secs", "3"]).await;
+    let (mut ann, _) = joined(&s.edges[0], ROOM, "u-ann", "Ann").await;
+    // What an outage past the TTL allows: Ann's entries expired on NATS and another userId
+    // took the name. (Written directly: the edge cannot be cut off from a single server
+    // without also losing the bucket.)
+    let client = async_nats::connect(s.nats.url()).await.unwrap();
+    let kv = async_nats::jetstream::new(client)
+        .get_key_value("presence")
+        .await
+        .unwrap();
+    let key = natter_bus::subjects::presence_owner_key(
+        &natter_protocol::token::encode(ROOM),
+        &natter_protocol::token::encode("Ann"),
+    );
+    let eve = serde_json::to_vec(&natter_bus::Owner {
+        user_id: "u-eve".into(),
+        user_name: "Ann".into(),
+    })
+    .unwrap();
+    kv.put(&key, eve.into()).await.unwrap();
+    // The edge's next refresh notices: the session is told to resync (1013), not kept
+    // under a name that is no longer its user's.
+    assert_eq!(close_code(&mut ann).await, Some(1013));
+    let mut again = ChatClient::connect(&s.edges[0].ws_url()).await.unwrap();
+    let err = again
+        .join(ROOM, "u-ann", "Ann", None, true)
+        .await
+        .unwrap_err();
+    assert_eq!(err["error"]["code"], -32001, "{err}");
+    assert_alive(&mut again).await;
+}

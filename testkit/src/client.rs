@@ -3,6 +3,9 @@
 //! Frames are read by a background task (fastwebsockets' `read_frame` is not cancel-safe,
 //! so it is never raced against a timeout); the test pulls [`Event`]s from a channel with
 //! bounded waits.
+//!
+//! Why ~400 lines: the handshake, the reader task and the protocol helpers tests call
+//! belong to one client.
 
 use std::collections::VecDeque;
 use std::future::Future;

@@ -7,6 +7,8 @@
 //! shell in miniature: it repairs ranges from the model stream exactly as `live.rs` does from
 //! JetStream. At the end every member must have received every message of the room after its
 //! resume point exactly once, in order (a member that left: a gap-free prefix of them).
+//!
+//! Why ~490 lines: the model harness and the cases it drives belong together.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;

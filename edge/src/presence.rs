@@ -15,23 +15,30 @@
 //! held again: `newUser`); if another userId holds it now, the session key is removed and
 //! the join gets `-32001`.
 //!
-//! **Release** (leave, socket gone): delete the session key, list the remaining session keys
-//! (`multi_last` on `$KV.presence.<room>.<user>.*`); when none remain, delete the owner key
-//! *expecting the revision just read* (→ `userLeft`). A wrong revision means someone touched
-//! it meanwhile: list again (bounded retries).
+//! **Release** (leave, socket gone): delete the session key, read the owner key's revision,
+//! *then* list the remaining session keys (`multi_last` on `$KV.presence.<room>.<user>.*`);
+//! when none remain, delete the owner key *expecting that revision* (→ `userLeft`). A wrong
+//! revision means someone touched it meanwhile: read and list again (bounded retries).
 //!
-//! **Why a name can never be held by sessions without its owner key (the race that
-//! matters)**: JetStream orders every write to the bucket. A joiner writes its session key
-//! *before* it touches the owner key, and the touch changes the owner's revision. A leaver
-//! deletes the owner key only with the revision it read *after* listing no sessions. So
-//! either the joiner's touch comes first — the leaver's delete fails on the revision, it
-//! lists again and now sees the joiner's session key (written before the touch) — or the
-//! leaver's delete comes first — the joiner's touch fails and it re-creates the owner key
-//! (and says `newUser`, after the leaver's `userLeft`). Two joiners of different userIds
-//! are ordered by create-if-absent on the owner key, and a joiner that lost re-checks in (3).
-//! Refreshes (below) also change the owner's revision; a leaver that meets one just lists
-//! again. (On a replicated bucket, direct gets may be served by a replica that lags; the
-//! refresh below repairs an owner key deleted on such a stale read within one period.)
+//! **Why a joined session is never left without its owner key (the race that matters)**:
+//! JetStream orders every write to the bucket, and reads see every write acknowledged
+//! before them. A joiner writes its session key *before* it touches the owner key; the
+//! touch changes the owner's revision. A leaver reads the owner's revision *before* it
+//! lists the sessions, and deletes only with that revision. Take the joiner's touch:
+//! - after the leaver's read of the revision: the leaver's delete fails on the revision;
+//!   it reads and lists again and now sees the joiner's session key;
+//! - before that read: the joiner's session key was written earlier still, so the
+//!   leaver's listing (after its read) sees it and the leaver keeps the name;
+//! - and if the leaver's delete lands first, the joiner's touch fails and it re-creates
+//!   the owner key (and says `newUser`, after the leaver's `userLeft`).
+//!
+//! Two joiners of different userIds are ordered by create-if-absent on the owner key, and a
+//! joiner that lost it between (1) and (3) finds out in (3) and withdraws. Refreshes (below)
+//! also change the owner's revision; a leaver that meets one just reads and lists again.
+//! (`edge/tests/sessions.rs` races a join against the last leave and checks the name; with
+//! the read and the listing the other way round, one run in three failed at 25 rounds. On a
+//! replicated bucket a direct get may be answered by a lagging replica; the refresh below
+//! re-creates an owner key deleted on such a stale read within one period.)
 //!
 //! **Refresh** (every TTL/3): each edge compare-and-sets its own session keys (re-creating
 //! any that expired, e.g. while NATS was unreachable) and touches the owner keys it has
@@ -276,14 +283,9 @@ impl Presence {
             return Released::Unknown;
         }
         for _ in 0..ROUNDS {
-            match self.live_sessions(&local.sessions_filter).await {
-                Ok(0) => {}
-                Ok(_) => return Released::StillHeld,
-                Err(e) => {
-                    warn!(error = %e, "listing sessions failed; the name will expire");
-                    return Released::Unknown;
-                }
-            }
+            // The owner's revision is read *before* the sessions are listed: a joiner that
+            // writes its session key after the listing touches the owner after this read,
+            // so the delete below fails on the revision instead of orphaning that session.
             let rev = match self.owner(&local.owner_key).await {
                 Ok(Some((uid, rev))) if uid == local.user_id => rev,
                 Ok(_) => return Released::StillHeld, // already freed (or taken) meanwhile
@@ -292,6 +294,14 @@ impl Presence {
                     return Released::Unknown;
                 }
             };
+            match self.live_sessions(&local.sessions_filter).await {
+                Ok(0) => {}
+                Ok(_) => return Released::StillHeld,
+                Err(e) => {
+                    warn!(error = %e, "listing sessions failed; the name will expire");
+                    return Released::Unknown;
+                }
+            }
             match self
                 .kv
                 .delete_expect_revision(&local.owner_key, Some(rev))

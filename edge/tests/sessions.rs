@@ -252,3 +252,42 @@ async fn a_name_that_changed_hands_during_an_outage_closes_its_sessions_with_res
     assert_eq!(err["error"]["code"], -32001, "{err}");
     assert_alive(&mut again).await;
 }
+
+#[tokio::test]
+async fn a_join_racing_the_last_leave_never_leaves_a_session_without_its_name() {
+    let s = stack(2, &[]).await;
+    let client = async_nats::connect(s.nats.url()).await.unwrap();
+    let kv = async_nats::jetstream::new(client)
+        .get_key_value("presence")
+        .await
+        .unwrap();
+    let room_token = natter_protocol::token::encode(ROOM);
+    let user_token = natter_protocol::token::encode("Ann");
+    let (mut current, _) = joined(&s.edges[0], ROOM, "u-ann", "Ann").await;
+    for round in 0..60usize {
+        // The only session leaves while a new one of the same user joins on the other edge.
+        let url = s.edges[(round + 1) % 2].ws_url();
+        let joiner = tokio::spawn(async move {
+            let mut c = ChatClient::connect(&url).await.expect("connect");
+            let r = c.join(ROOM, "u-ann", "Ann", None, false).await;
+            (c, r)
+        });
+        let r = current.call("leaveRoom", json!({"roomName": ROOM})).await;
+        assert_eq!(r["result"], "OK", "{r}");
+        let (next, joined) = joiner.await.expect("joiner");
+        joined.unwrap_or_else(|e| panic!("round {round}: the same user was refused: {e}"));
+        // Whatever the interleaving, a joined session means a held name.
+        let holder = natter_bus::name_holder(&kv, &room_token, &user_token)
+            .await
+            .unwrap();
+        assert_eq!(holder.as_deref(), Some("u-ann"), "round {round}");
+        current.close().await;
+        current = next;
+    }
+    let mut eve = ChatClient::connect(&s.edges[0].ws_url()).await.unwrap();
+    let err = eve
+        .join(ROOM, "u-eve", "Ann", None, false)
+        .await
+        .unwrap_err();
+    assert_eq!(err["error"]["code"], -32001, "{err}");
+}

@@ -12,6 +12,9 @@
 //!   [`CounterFamily`]), plus the standard latency bucket sets.
 //! - [`endpoints`]: the `/healthz`, `/readyz` and `/metrics` routes a service merges into
 //!   its own router, answering through the service's [`Probe`].
+//! - [`listener`]: the hardened HTTP listener every service serves through (header-read
+//!   timeout, connection permits, idle bound, graceful stop, the peer address for
+//!   handlers), and [`serve_with_ops`] for a public port beside an operations port.
 //! - [`exposition`]: reading an exposition and `METRICS.md` back, for tests that hold a
 //!   running service to the documented contract.
 //!
@@ -22,12 +25,14 @@
 
 pub mod endpoints;
 pub mod exposition;
+pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod shutdown;
 pub mod startup;
 
 pub use endpoints::{router, Probe, Readiness};
+pub use listener::{serve_with_ops, HttpArgs, HttpLimits, ListenArgs, ListenError, Listeners};
 pub use logging::{init_tracing, LogFormat, LoggingError};
 pub use metrics::{buckets, Counter, CounterFamily, Gauge, Histogram, Registry};
 pub use shutdown::shutdown_signal;

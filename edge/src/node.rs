@@ -52,10 +52,6 @@ impl Sessions {
         self.lock().remove(id);
     }
 
-    pub fn get(&self, id: &str) -> Option<Outbox> {
-        self.lock().get(id).cloned()
-    }
-
     pub fn len(&self) -> usize {
         self.lock().len()
     }

@@ -102,6 +102,10 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(50..=3_600_000))]
     pub trim_interval_ms: u64,
 
+    /// Limits of the operations listener (header-read timeout, connections, idle bound).
+    #[command(flatten)]
+    pub http: natter_ops::HttpArgs,
+
     #[command(flatten)]
     pub stream: natter_bus::StreamArgs,
 

@@ -51,13 +51,15 @@ use crate::worker::WorkerConfig;
 
 /// How often the CHAT stream is compared with this archiver's settings.
 const DRIFT_CHECK: Duration = Duration::from_secs(30);
+/// How long the operations listener gives a scrape in flight when the archiver stops.
+const HTTP_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Error)]
 pub enum Error {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("could not listen on {0}: {1}")]
-    Listen(std::net::SocketAddr, std::io::Error),
+    #[error(transparent)]
+    Listen(#[from] natter_ops::ListenError),
     #[error(transparent)]
     History(#[from] history::HistoryError),
 }
@@ -116,16 +118,35 @@ pub async fn run(
         stream_drift: std::sync::OnceLock::new(),
     });
 
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|e| Error::Listen(cfg.listen, e))?;
-    tracing::info!(listen = %cfg.listen, "operations endpoints listening");
+    let listener = natter_ops::listener::bind("ops", cfg.listen).await?;
+    tracing::info!(listen = %listener.local_addr(), "operations endpoints listening");
     let app: axum::Router = natter_ops::router(shared.clone());
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "operations HTTP server failed");
-        }
-    });
+    // The endpoints answer until the archiver has stopped (`/readyz` fails meanwhile).
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = tokio::spawn(listener.serve(
+        app,
+        cfg.http.limits(),
+        async move {
+            let _ = http_stopped.await;
+        },
+        HTTP_GRACE,
+    ));
+    let result = run_archiver(&cfg, shared, stop).await;
+    let _ = http_stop.send(());
+    if tokio::time::timeout(HTTP_GRACE * 2, http).await.is_err() {
+        tracing::warn!("the operations listener did not stop in time");
+    }
+    result
+}
+
+/// The archiver proper, once its operations endpoints are up.
+async fn run_archiver(
+    cfg: &Config,
+    shared: Arc<Shared>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let metrics = shared.metrics.clone();
+    let store = shared.store.clone();
 
     let (stop_tx, mut shutdown) = watch::channel(false);
     {

@@ -12,8 +12,9 @@
 #   PROFILE=debug packs target/debug instead of target/release.)
 #
 # Both paths end in the same runtime: a root filesystem assembled from Debian bookworm's
-# glibc, CA bundle and tini, plus the one service binary. No shell, no package manager, no
-# coreutils: nothing the service does not run. It runs as uid/gid 10001 and writes nothing
+# glibc, CA bundle and tini, plus the one service binary (the archiver image also carries
+# natter-stream, the operator's tool for the CHAT stream: kubectl exec ... natter-stream
+# show). No shell, no package manager, no coreutils: nothing the service does not run. It runs as uid/gid 10001 and writes nothing
 # outside the volumes it is given, so `readOnlyRootFilesystem` holds. tini is PID 1: it
 # passes SIGTERM to the service (which drains) and reaps anything that exits.
 #
@@ -62,9 +63,9 @@ FROM rootfs AS prebuilt
 ARG PROFILE=release
 # The patterns match nothing where no binaries were built (Cargo.lock keeps the COPY
 # valid); scripts/docker-images.sh refuses to build the prebuilt targets without them.
-COPY Cargo.lock target/${PROFILE}/natter-edg[e] target/${PROFILE}/natter-archive[r] target/${PROFILE}/natter-filestor[e] /prebuilt/
+COPY Cargo.lock target/${PROFILE}/natter-edg[e] target/${PROFILE}/natter-archive[r] target/${PROFILE}/natter-filestor[e] target/${PROFILE}/natter-strea[m] /prebuilt/
 # Each binary must start inside the runtime's file system, as the runtime's user.
-RUN for b in natter-edge natter-archiver natter-filestore; do \
+RUN for b in natter-edge natter-archiver natter-filestore natter-stream; do \
         mkdir -p /out/$b; \
         [ -e /prebuilt/$b ] || continue; \
         cp /prebuilt/$b /rootfs/usr/local/bin/ \
@@ -79,7 +80,7 @@ EXPOSE 8080
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/natter-edge"]
 
 FROM runtime AS archiver-prebuilt
-COPY --from=prebuilt /out/natter-archiver/ /usr/local/bin/
+COPY --from=prebuilt /out/natter-archiver/ /out/natter-stream/ /usr/local/bin/
 ENV NATTER_LISTEN=0.0.0.0:8091
 EXPOSE 8091
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/natter-archiver"]
@@ -94,13 +95,14 @@ ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/natter-filestore"]
 FROM ${RUST_IMAGE} AS builder
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bins -p natter-edge -p natter-archiver -p natter-filestore \
+RUN cargo build --release --locked --bins -p natter-edge -p natter-archiver -p natter-filestore -p natter-bus \
     && mkdir -p /out \
-    && cp target/release/natter-edge target/release/natter-archiver target/release/natter-filestore /out/
+    && cp target/release/natter-edge target/release/natter-archiver target/release/natter-filestore \
+          target/release/natter-stream /out/
 
 FROM rootfs AS built
 COPY --from=builder /out/ /rootfs/usr/local/bin/
-RUN for b in natter-edge natter-archiver natter-filestore; do \
+RUN for b in natter-edge natter-archiver natter-filestore natter-stream; do \
         chroot --userspec=10001:10001 /rootfs /usr/local/bin/$b --help >/dev/null || exit 1; \
     done
 
@@ -111,7 +113,7 @@ EXPOSE 8080
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/natter-edge"]
 
 FROM runtime AS archiver
-COPY --from=built /rootfs/usr/local/bin/natter-archiver /usr/local/bin/natter-archiver
+COPY --from=built /rootfs/usr/local/bin/natter-archiver /rootfs/usr/local/bin/natter-stream /usr/local/bin/
 ENV NATTER_LISTEN=0.0.0.0:8091
 EXPOSE 8091
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/natter-archiver"]

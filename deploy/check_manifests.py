@@ -33,6 +33,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 
 import yaml
 
@@ -42,7 +43,6 @@ SHARED_KEYS = [
     "NATS_URL",
     "NATTER_STREAM_REPLICAS",
     "NATTER_STREAM_MAX_AGE_SECS",
-    "NATTER_STREAM_MAX_MSGS_PER_ROOM",
     "NATTER_STREAM_MAX_BYTES",
     "NATTER_PRESENCE_TTL_SECS",
 ]
@@ -330,6 +330,45 @@ def resolve_env(m, container, report, pod_name="pod-0"):
     return env, origin
 
 
+def materialize_mounts(m, pod, container, root):
+    """Lay the container's volumes out under `root` as the kubelet would mount them
+    (ConfigMap and Secret keys as files; other volumes empty); (mountPath, local path)
+    pairs, longest mountPath first."""
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    out = []
+    for i, mnt in enumerate(container.get("volumeMounts", [])):
+        vol = volumes.get(mnt["name"], {})
+        local = os.path.join(root, f"{i}-{mnt['name']}")
+        os.makedirs(local, exist_ok=True)
+        data = {}
+        if "configMap" in vol:
+            data = m.configmap_data(vol["configMap"]["name"]) or {}
+            items = vol["configMap"].get("items")
+        elif "secret" in vol:
+            data = m.secret_data(vol["secret"]["secretName"]) or {}
+            items = vol["secret"].get("items")
+        else:
+            items = None
+        if items:
+            data = {it["path"]: data[it["key"]] for it in items if it["key"] in data}
+        for key, value in data.items():
+            path = os.path.join(local, key)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:
+                f.write(value)
+        if mnt.get("subPath"):
+            local = os.path.join(local, mnt["subPath"])
+        out.append((mnt["mountPath"].rstrip("/"), local))
+    return sorted(out, key=lambda p: -len(p[0]))
+
+
+def rewrite_path(value, mounts):
+    for mount_path, local in mounts:
+        if value == mount_path or value.startswith(mount_path + "/"):
+            return local + value[len(mount_path):]
+    return value
+
+
 def expand_args(args, env):
     return [re.sub(r"\$\((\w+)\)", lambda mm: env.get(mm.group(1), mm.group(0)), a) for a in args]
 
@@ -344,7 +383,8 @@ class BinaryInfo:
         out = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=30)
         self.help = out.stdout + out.stderr
         self.flags = set(re.findall(r"(--[a-z0-9][a-z0-9-]*)", self.help))
-        self.envs = set(re.findall(r"\[env: ([A-Z0-9_]+)=", self.help))
+        # `[env: NAME=value]`, or `[env: NAME]` where clap hides the value (secrets)
+        self.envs = set(re.findall(r"\[env: ([A-Z0-9_]+)[=\]]", self.help))
         self.has_check_config = "--check-config" in self.flags
 
     @classmethod
@@ -491,9 +531,13 @@ def check_natter_container(m, report, w, c, binary, bin_dir):
             continue
         report.check(name in info.envs, f"{binary} reads environment variable {name}")
     if report.check(info.has_check_config, f"{binary} has --check-config"):
-        run_env = {"PATH": "/usr/bin:/bin"}
-        run_env.update(env)
-        out = subprocess.run([path, "--check-config"] + args, env=run_env, capture_output=True, text=True, timeout=30)
+        # Files the container reads from its volumes (e.g. the token key) exist here too.
+        with tempfile.TemporaryDirectory(prefix="natter-check-mounts-") as root:
+            mounts = materialize_mounts(m, pod, c, root)
+            run_env = {"PATH": "/usr/bin:/bin"}
+            run_env.update({k: rewrite_path(v, mounts) for k, v in env.items()})
+            run_args = [rewrite_path(a, mounts) for a in args]
+            out = subprocess.run([path, "--check-config"] + run_args, env=run_env, capture_output=True, text=True, timeout=30)
         report.check(
             out.returncode == 0,
             f"{binary} --check-config accepts the container's flags and env (exit {out.returncode}: {' '.join((out.stderr or out.stdout).split())[-400:]})",
@@ -766,6 +810,7 @@ BREAKAGES = [
     ("a value the binary refuses", lambda d: _env(_container(d, "Deployment", "edge"), "NATTER_MAX_CONNECTIONS", "many"), "--check-config"),
     ("a NetworkPolicy shutting the archiver out of Postgres", lambda d: _obj(d, "NetworkPolicy", "postgres")["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"].update({"app.kubernetes.io/name": "archivers"}), "let archiver pods reach"),
     ("a NetworkPolicy closing the NATS route port", lambda d: _obj(d, "NetworkPolicy", "nats")["spec"]["ingress"].pop(1), "cluster port"),
+    ("the token key not mounted", lambda d: _container(d, "Deployment", "edge").pop("volumeMounts"), "--check-config"),
     ("stream larger than JetStream's store", lambda d: _set_shared(d, "NATTER_STREAM_MAX_BYTES", str(20 * 1024**3)), "max_file_store"),
     ("NATS_URL to a missing Service", lambda d: _set_shared(d, "NATS_URL", "nats://nats-client:4222"), "NATS_URL"),
 ]

@@ -66,13 +66,13 @@ target_dir=$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
   | "$TOOLS/venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])') \
   || die "cargo metadata"
 BIN_DIR="$target_dir/$PROFILE"
-for svc in edge archiver filestore; do
+for svc in edge archiver filestore stream; do
   [ -x "$BIN_DIR/natter-$svc" ] || die "$BIN_DIR/natter-$svc is missing: run cargo build --bins first"
 done
 if [ "$(realpath "$target_dir")" != "$(realpath -m target)" ]; then
   echo "binaries from $BIN_DIR, copied to target/$PROFILE for the image build context"
   mkdir -p "target/$PROFILE"
-  for svc in edge archiver filestore; do cp -f "$BIN_DIR/natter-$svc" "target/$PROFILE/"; done
+  for svc in edge archiver filestore stream; do cp -f "$BIN_DIR/natter-$svc" "target/$PROFILE/"; done
 fi
 
 step "Cargo.lock is complete (the from-source image build runs cargo build --locked)"

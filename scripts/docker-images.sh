@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 base=$1 profile=$2 tag=$3
-for svc in edge archiver filestore; do
+for svc in edge archiver filestore stream; do
   bin="target/$profile/natter-$svc"
   [ -x "$bin" ] || { echo "docker-images: $bin is missing: build it first (cargo build --bins, --release for release)" >&2; exit 1; }
 done

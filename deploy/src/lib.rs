@@ -72,24 +72,20 @@ pub struct Container {
 /// Label on every container the check starts, so that a cleanup can find leftovers.
 pub const LABEL: &str = "natter-deploy-check=1";
 
-impl Container {
-    /// `docker run -d` of `image` with `args` after the image's entrypoint. `env` and
-    /// `mounts` (host path, container path) as given; everything else as a pod gets it:
-    /// host network (loopback only), read-only root, all capabilities dropped,
-    /// no-new-privileges, the image's own (non-root) user.
-    pub fn run(
-        name: &str,
-        image: &str,
-        args: &[String],
-        env: &[(String, String)],
-        mounts: &[(PathBuf, &str)],
-    ) -> Container {
-        let _ = docker(&["rm", "-f", name]);
-        let mut cmd: Vec<String> = [
-            "run",
-            "-d",
-            "--name",
-            name,
+/// `docker run` arguments shared by [`Container::run`] and [`run_once`]: host network
+/// (loopback only), read-only root, all capabilities dropped, no-new-privileges, the
+/// image's own (non-root) user; `env` and `mounts` (host path, container path, which may
+/// end in `:ro`) as given.
+fn run_args(
+    mode: &[&str],
+    image: &str,
+    args: &[String],
+    env: &[(String, String)],
+    mounts: &[(PathBuf, &str)],
+) -> Vec<String> {
+    let mut cmd: Vec<String> = mode.iter().map(|s| s.to_string()).collect();
+    cmd.extend(
+        [
             "--label",
             LABEL,
             "--network",
@@ -103,18 +99,46 @@ impl Container {
             "512m",
         ]
         .iter()
-        .map(|s| s.to_string())
-        .collect();
-        for (k, v) in env {
-            cmd.push("-e".into());
-            cmd.push(format!("{k}={v}"));
-        }
-        for (host, inside) in mounts {
-            cmd.push("-v".into());
-            cmd.push(format!("{}:{inside}", host.display()));
-        }
-        cmd.push(image.into());
-        cmd.extend_from_slice(args);
+        .map(|s| s.to_string()),
+    );
+    for (k, v) in env {
+        cmd.push("-e".into());
+        cmd.push(format!("{k}={v}"));
+    }
+    for (host, inside) in mounts {
+        cmd.push("-v".into());
+        cmd.push(format!("{}:{inside}", host.display()));
+    }
+    cmd.push(image.into());
+    cmd.extend_from_slice(args);
+    cmd
+}
+
+/// Run `image` with `args` to completion (`docker run --rm`), as [`Container::run`] would
+/// start it; its output.
+pub fn run_once(
+    image: &str,
+    args: &[String],
+    env: &[(String, String)],
+    mounts: &[(PathBuf, &str)],
+) -> Output {
+    let cmd = run_args(&["run", "--rm"], image, args, env, mounts);
+    let refs: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    docker(&refs)
+}
+
+impl Container {
+    /// `docker run -d` of `image` with `args` after the image's entrypoint, as a pod runs
+    /// it (see [`run_args`]).
+    pub fn run(
+        name: &str,
+        image: &str,
+        args: &[String],
+        env: &[(String, String)],
+        mounts: &[(PathBuf, &str)],
+    ) -> Container {
+        let _ = docker(&["rm", "-f", name]);
+        let cmd = run_args(&["run", "-d", "--name", name], image, args, env, mounts);
         let refs: Vec<&str> = cmd.iter().map(String::as_str).collect();
         let out = docker(&refs);
         assert!(
@@ -145,6 +169,14 @@ impl Container {
     pub fn exit_code(&self) -> Option<i64> {
         let out = docker(&["inspect", "--format", "{{.State.ExitCode}}", &self.name]);
         String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    }
+
+    /// `docker exec` of `cmd` (exec form: the images have no shell) with the container's
+    /// environment; its output.
+    pub fn exec(&self, cmd: &[&str]) -> Output {
+        let mut args = vec!["exec", self.name.as_str()];
+        args.extend_from_slice(cmd);
+        docker(&args)
     }
 
     /// Send a signal to the container's PID 1 (tini, which passes it on).

@@ -5,18 +5,22 @@
 //! network and listen on 127.0.0.1 only; their root file systems are read-only.
 //!
 //! One scenario, in order: two edges, an archiver and a filestore start with the shared
-//! settings of `k8s/base/natter.env`; two clients on different edges see each other's
-//! message with an `_id`; an image and a file are uploaded, announced and read back; the
+//! settings of `k8s/base/natter.env` (tokens required, the key mounted as in the pods); a
+//! join without a token is refused; two clients with tokens from the image's `token`
+//! command, on different edges, see each other's message with an `_id`; an image and a file are uploaded, announced and read back; the
 //! archiver writes them to Postgres; every `natter_*` metric the dashboard and the alerts
-//! use is served; logs are JSON; and SIGTERM reaches the edge through tini, which drains
-//! its client and exits 0.
+//! use is served; logs are JSON; `natter-stream show` in the archiver container finds the
+//! stream matching the shared settings; and SIGTERM reaches the edge through tini, which
+//! drains its client and exits 0.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine as _;
-use natter_deploy_check::{metric_names, metrics_promised, shared_settings, Container, Images};
+use natter_deploy_check::{
+    metric_names, metrics_promised, run_once, shared_settings, Container, Images,
+};
 use natter_testkit::client::msg_id;
 use natter_testkit::{eventually, free_port, http, ChatClient, NatsServer, Postgres};
 use serde_json::{json, Value};
@@ -25,12 +29,15 @@ const ROOM: &str = "deploy check room";
 const DRAIN_SECS: u64 = 3;
 /// The image's non-root user (Dockerfile).
 const IMAGE_UID: u32 = 10001;
+/// Where the pods mount the token key (k8s/base/edge/deployment.yaml).
+const AUTH_DIR: &str = "/etc/natter/auth";
 
 fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-/// The natter-config settings, pointed at this test's single NATS node.
+/// The natter-config settings (token checking `required` included), pointed at this
+/// test's single NATS node, with the token key file where the pods have it.
 fn settings(nats_url: &str) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = shared_settings()
         .into_iter()
@@ -39,6 +46,10 @@ fn settings(nats_url: &str) -> Vec<(String, String)> {
     env.push(("NATS_URL".into(), nats_url.into()));
     env.push(("NATTER_STREAM_REPLICAS".into(), "1".into()));
     env.push(("NATTER_DRAIN_TIMEOUT_SECS".into(), DRAIN_SECS.to_string()));
+    env.push((
+        "NATTER_AUTH_HS256_SECRET_FILE".into(),
+        format!("{AUTH_DIR}/hs256-secret"),
+    ));
     env
 }
 
@@ -123,6 +134,25 @@ async fn images_serve_chat_uploads_and_archive_and_drain_on_sigterm() {
         .expect("chown the upload dir to the image's user (run as root)");
     let data_dir: PathBuf = data.path().to_path_buf();
 
+    // The token key, as the Secret natter-auth puts it in the pods (readable by the
+    // image's user).
+    let auth = tempfile::Builder::new()
+        .prefix("natter-deploy-check-auth-")
+        .tempdir()
+        .expect("temp dir");
+    let key_file = auth.path().join("hs256-secret");
+    std::fs::write(
+        &key_file,
+        format!("deploy-check-{tag}-0123456789abcdef0123456789"),
+    )
+    .expect("write the key");
+    std::fs::set_permissions(
+        &key_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o444),
+    )
+    .expect("chmod the key");
+    let auth_mount = (auth.path().to_path_buf(), "/etc/natter/auth:ro");
+
     let (archiver_port, filestore_port) = (free_port(), free_port());
     let edge_ports = [free_port(), free_port()];
     let archiver = Container::run(
@@ -147,7 +177,7 @@ async fn images_serve_chat_uploads_and_archive_and_drain_on_sigterm() {
             "/data".into(),
         ],
         &env,
-        &[(data_dir, "/data")],
+        &[(data_dir, "/data"), auth_mount.clone()],
     );
     let edges: Vec<Container> = edge_ports
         .iter()
@@ -163,7 +193,7 @@ async fn images_serve_chat_uploads_and_archive_and_drain_on_sigterm() {
                     format!("edge-{i}"),
                 ],
                 &env,
-                &[],
+                std::slice::from_ref(&auth_mount),
             )
         })
         .collect();
@@ -173,13 +203,52 @@ async fn images_serve_chat_uploads_and_archive_and_drain_on_sigterm() {
         wait_ready(c, loopback(port)).await;
     }
 
-    // Chat: clients on different edges see one message, with its _id.
-    let mut ann = ChatClient::connect(&format!("ws://{}/chat", loopback(edge_ports[0])))
+    // Tokens from the edge image's own `token` command, signed with the mounted key.
+    let token = |user: &str, name: &str| {
+        let out = run_once(
+            &images.edge,
+            &[
+                "token".into(),
+                "--user".into(),
+                user.into(),
+                "--name".into(),
+                name.into(),
+            ],
+            &env,
+            std::slice::from_ref(&auth_mount),
+        );
+        assert!(
+            out.status.success(),
+            "natter-edge token: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let (ann_token, bob_token) = (token("u-ann", "Ann"), token("u-bob", "Bob"));
+
+    // NATTER_AUTH=required (natter-config): a join without a token is refused.
+    let mut stranger = ChatClient::connect(&format!("ws://{}/chat", loopback(edge_ports[0])))
         .await
         .expect("connect to edge 0");
-    let mut bob = ChatClient::connect(&format!("ws://{}/chat", loopback(edge_ports[1])))
+    let refused = stranger
+        .join(ROOM, "u-eve", "Eve", None, false)
         .await
-        .expect("connect to edge 1");
+        .expect_err("a join without a token is refused");
+    assert_eq!(refused["error"]["code"], json!(-32007), "{refused}");
+
+    // Chat: clients on different edges see one message, with its _id.
+    let mut ann = ChatClient::connect(&format!(
+        "ws://{}/chat?token={ann_token}",
+        loopback(edge_ports[0])
+    ))
+    .await
+    .expect("connect to edge 0");
+    let mut bob = ChatClient::connect(&format!(
+        "ws://{}/chat?token={bob_token}",
+        loopback(edge_ports[1])
+    ))
+    .await
+    .expect("connect to edge 1");
     let welcome = ann
         .join(ROOM, "u-ann", "Ann", None, false)
         .await
@@ -211,11 +280,16 @@ async fn images_serve_chat_uploads_and_archive_and_drain_on_sigterm() {
     let mut p = params("u-ann", "Ann", "deploy-img-1");
     p["base64ImgString"] = json!(b64);
     let image = json!({"jsonrpc": "2.0", "method": "imageMessage", "params": p, "id": 7});
+    let ann_auth = format!("Bearer {ann_token}");
+    let bob_auth = format!("Bearer {bob_token}");
     let r = http::request(
         fs,
         "POST",
         "/images",
-        &[("Content-Type", "application/json")],
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &ann_auth),
+        ],
         image.to_string().as_bytes(),
     )
     .await
@@ -227,7 +301,7 @@ async fn images_serve_chat_uploads_and_archive_and_drain_on_sigterm() {
         r.text(),
         filestore.logs()
     );
-    let r = http::get(fs, "/images/deploy-img-1", &[])
+    let r = http::get(fs, "/images/deploy-img-1", &[("Authorization", &ann_auth)])
         .await
         .expect("GET /images");
     assert_eq!(r.status, 200, "GET /images/deploy-img-1");
@@ -245,7 +319,10 @@ async fn images_serve_chat_uploads_and_archive_and_drain_on_sigterm() {
         fs,
         "POST",
         "/files",
-        &[("Content-Type", &content_type)],
+        &[
+            ("Content-Type", &content_type),
+            ("Authorization", &bob_auth),
+        ],
         &body,
     )
     .await
@@ -257,7 +334,7 @@ async fn images_serve_chat_uploads_and_archive_and_drain_on_sigterm() {
         r.text(),
         filestore.logs()
     );
-    let r = http::get(fs, "/files/deploy-file-1", &[])
+    let r = http::get(fs, "/files/deploy-file-1", &[("Authorization", &bob_auth)])
         .await
         .expect("GET /files");
     assert_eq!(r.status, 200, "GET /files/deploy-file-1");
@@ -297,6 +374,16 @@ async fn images_serve_chat_uploads_and_archive_and_drain_on_sigterm() {
         archived,
         "the archiver stored the messages:\n{}",
         archiver.logs()
+    );
+
+    // The operator's stream tool ships in the archiver image and, with the pod's own
+    // settings, finds the stream as the services made it.
+    let out = archiver.exec(&["natter-stream", "show"]);
+    assert!(
+        out.status.success(),
+        "natter-stream show in the archiver container: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 
     // Every natter_* metric the dashboard and the alert rules use is served.

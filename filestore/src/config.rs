@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use natter_auth::AuthArgs;
 use natter_bus::StreamArgs;
+
+use crate::multipart::MultipartLimits;
 
 /// Bytes a request may carry besides the payload itself: the message object, multipart
 /// framing, the JSON around an image. Also the most a `message` part or the image JSON
@@ -67,12 +70,33 @@ pub struct Config {
     #[arg(long, env = "NATTER_BODY_IDLE_TIMEOUT_SECS", default_value_t = 60)]
     pub body_idle_timeout_secs: u64,
 
+    /// Uploads received at once by this replica; more get 503 with `Retry-After`.
+    #[arg(long, env = "NATTER_MAX_CONCURRENT_UPLOADS", default_value_t = 64)]
+    pub max_concurrent_uploads: usize,
+
+    /// Seconds one upload may take from its first byte to its answer's start, however
+    /// steadily its body arrives (408 beyond).
+    #[arg(long, env = "NATTER_UPLOAD_DEADLINE_SECS", default_value_t = 300)]
+    pub upload_deadline_secs: u64,
+
+    /// Parts a `POST /files` body may have (`files[]`, `message` and a few others; 413
+    /// beyond).
+    #[arg(long, env = "NATTER_MAX_MULTIPART_PARTS", default_value_t = 8)]
+    pub max_multipart_parts: usize,
+
+    /// Bytes of one multipart part's header block (413 beyond).
+    #[arg(long, env = "NATTER_MAX_PART_HEADER_BYTES", default_value_t = 8 * 1024)]
+    pub max_part_header_bytes: usize,
+
     /// Seconds in-flight requests get to finish after SIGTERM before the process exits.
     #[arg(long, env = "NATTER_SHUTDOWN_GRACE_SECS", default_value_t = 25)]
     pub shutdown_grace_secs: u64,
 
     #[command(flatten)]
     pub stream: StreamArgs,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
 
     #[command(flatten)]
     pub ops: natter_ops::OpsArgs,
@@ -83,10 +107,15 @@ impl natter_ops::ServiceConfig for Config {
         &self.ops
     }
 
-    /// The upload limits and content rules resolve.
+    /// The upload limits, content rules and token keys resolve.
     fn validate(&self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         self.limits()?;
+        natter_auth::Verifier::from_args(&self.auth, self.listen)?;
         Ok(())
+    }
+
+    fn secret_args() -> &'static [&'static str] {
+        AuthArgs::SECRET_ARGS
     }
 }
 
@@ -158,6 +187,12 @@ pub struct Limits {
     /// Lower-case, without dots; empty: any extension.
     pub file_extensions: Vec<String>,
     pub body_idle_timeout: Duration,
+    /// Longest time one upload may take to arrive.
+    pub upload_deadline: Duration,
+    /// Uploads received at once.
+    pub max_concurrent_uploads: usize,
+    /// Preamble, part headers and part count of `POST /files` bodies.
+    pub multipart: MultipartLimits,
 }
 
 impl Limits {
@@ -209,6 +244,13 @@ impl Config {
             image_types,
             file_extensions,
             body_idle_timeout: Duration::from_secs(self.body_idle_timeout_secs.max(1)),
+            upload_deadline: Duration::from_secs(self.upload_deadline_secs.max(1)),
+            max_concurrent_uploads: self.max_concurrent_uploads.max(1),
+            multipart: MultipartLimits {
+                part_headers_max: self.max_part_header_bytes.max(256),
+                parts_max: self.max_multipart_parts.max(2),
+                ..MultipartLimits::default()
+            },
         })
     }
 }

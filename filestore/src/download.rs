@@ -5,17 +5,30 @@
 //! single-range `Range` support (206, or 416 when unsatisfiable; `If-Range` honoured).
 //! Images come back as the stored `imageMessage` object with its `base64ImgString`, spliced
 //! around the stored text without loading it.
+//!
+//! Where tokens are checked (`access.rs`), a download needs one (header or `?token=`)
+//! that allows the room the upload was posted to: 401 without a valid token, 404 for an
+//! unknown uuid, 403 for another room's upload.
+//!
+//! `Range` ([`parse_range`]): one `bytes=` range (`a-b`, `a-`, `-n`) is served as 206 with
+//! the part that lies within the file; one starting at or past the end (or `-0`, or any
+//! range of an empty file) is 416 with `Content-Range: bytes */size`; anything else
+//! (several ranges, another unit, reversed or non-numeric bounds, numbers beyond 64 bits, a
+//! value that is not ASCII) is ignored and the whole file is sent with 200, as RFC 9110
+//! allows. Nothing a `Range` says changes what is allocated: the body is streamed in fixed
+//! chunks.
 
 use std::io::{self, SeekFrom};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
+use crate::access::Carrier;
 use crate::error::ApiError;
 use crate::filename;
 use crate::message::valid_uuid;
@@ -30,9 +43,13 @@ const CACHE_CONTROL: &str = "private, max-age=31536000, immutable";
 pub async fn get_file(
     State(st): State<Shared>,
     Path(uuid): Path<String>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let res = serve_file(&st, &uuid, &headers).await;
+    let res = match load(&st, Kind::File, &uuid, &headers, query.as_deref()).await {
+        Ok(meta) => serve_file(&st, meta, &headers).await,
+        Err(e) => Err(e),
+    };
     finish(&st, Kind::File, res)
 }
 
@@ -40,9 +57,13 @@ pub async fn get_file(
 pub async fn get_image(
     State(st): State<Shared>,
     Path(uuid): Path<String>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let res = serve_image(&st, &uuid, &headers).await;
+    let res = match load(&st, Kind::Image, &uuid, &headers, query.as_deref()).await {
+        Ok(meta) => serve_image(&st, meta, &headers).await,
+        Err(e) => Err(e),
+    };
     finish(&st, Kind::Image, res)
 }
 
@@ -52,6 +73,10 @@ fn finish(st: &Shared, kind: Kind, res: Result<Response, ApiError>) -> Response 
         Err(e) => {
             match &e {
                 ApiError::NotFound => st.metrics.not_found(kind),
+                ApiError::Unauthorized(_) | ApiError::Forbidden(_) => {
+                    st.metrics.reject(e.reason());
+                    tracing::info!(kind = ?kind, reason = e.reason(), error = %e, "download refused");
+                }
                 ApiError::Storage(err) => {
                     tracing::error!(kind = ?kind, error = %err, "download failed")
                 }
@@ -62,11 +87,23 @@ fn finish(st: &Shared, kind: Kind, res: Result<Response, ApiError>) -> Response 
     }
 }
 
-async fn load(st: &Shared, kind: Kind, uuid: &str) -> Result<Meta, ApiError> {
+/// The record of `uuid`, if the request may read it: 401, then 404, then 403.
+async fn load(
+    st: &Shared,
+    kind: Kind,
+    uuid: &str,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Meta, ApiError> {
+    let claims = st
+        .access
+        .authenticate(headers, query, Carrier::HeaderOrQuery)?;
     if !valid_uuid(uuid) {
         return Err(ApiError::NotFound);
     }
-    st.store.load(kind, uuid).await?.ok_or(ApiError::NotFound)
+    let meta = st.store.load(kind, uuid).await?.ok_or(ApiError::NotFound)?;
+    st.access.authorize_download(claims.as_ref(), &meta.room)?;
+    Ok(meta)
 }
 
 fn not_modified(st: &Shared, kind: Kind, headers: &HeaderMap, etag: &str) -> Option<Response> {
@@ -81,8 +118,7 @@ fn not_modified(st: &Shared, kind: Kind, headers: &HeaderMap, etag: &str) -> Opt
     Some(resp)
 }
 
-async fn serve_file(st: &Shared, uuid: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
-    let meta = load(st, Kind::File, uuid).await?;
+async fn serve_file(st: &Shared, meta: Meta, headers: &HeaderMap) -> Result<Response, ApiError> {
     let etag = meta.etag();
     if let Some(resp) = not_modified(st, Kind::File, headers, &etag) {
         return Ok(resp);
@@ -129,8 +165,7 @@ async fn serve_file(st: &Shared, uuid: &str, headers: &HeaderMap) -> Result<Resp
     Ok(resp)
 }
 
-async fn serve_image(st: &Shared, uuid: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
-    let meta = load(st, Kind::Image, uuid).await?;
+async fn serve_image(st: &Shared, meta: Meta, headers: &HeaderMap) -> Result<Response, ApiError> {
     let etag = meta.etag();
     if let Some(resp) = not_modified(st, Kind::Image, headers, &etag) {
         return Ok(resp);

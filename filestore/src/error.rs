@@ -2,7 +2,8 @@
 //!
 //! Every rejection has a status (the contract of `shared/PROTOCOL.md`), a short machine
 //! readable `reason` (also the label of `natter_filestore_rejects_total`) and a message for
-//! humans. Bodies are `{"error":{"reason":R,"message":M}}`.
+//! humans. Bodies are `{"error":{"reason":R,"message":M}}`. A 401 also carries
+//! `WWW-Authenticate: Bearer`; a 503 carries `Retry-After`.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -54,6 +55,19 @@ pub enum ApiError {
     /// The data directory failed.
     #[error("storage error: {0}")]
     Storage(#[from] std::io::Error),
+    /// No token, or one that does not verify (missing, malformed, expired, forged).
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// A valid token that does not allow this: another room, another user, a name the user
+    /// does not hold.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// Too many uploads in progress on this replica; retry shortly.
+    #[error("too many uploads in progress; retry shortly")]
+    Busy,
+    /// The upload took longer than its deadline.
+    #[error("the upload did not complete within {0:?}")]
+    Deadline(std::time::Duration),
 }
 
 impl ApiError {
@@ -66,6 +80,10 @@ impl ApiError {
             | ApiError::NotBase64(_)
             | ApiError::NameTooLong { .. }
             | ApiError::Aborted(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Deadline(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -96,6 +114,10 @@ impl ApiError {
             ApiError::Aborted(_) => "aborted",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Storage(_) => "storage",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::Busy => "busy",
+            ApiError::Deadline(_) => "deadline",
         }
     }
 
@@ -121,8 +143,11 @@ impl IntoResponse for ApiError {
                     headers.insert(header::CONTENT_RANGE, v);
                 }
             }
-            ApiError::Unavailable(_) => {
+            ApiError::Unavailable(_) | ApiError::Busy => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::Unauthorized(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             _ => {}
         }

@@ -12,13 +12,19 @@
 //! uuid as dedupe key ([`announce`]), so members get it with an `_id` through the edges and
 //! the archiver keeps it. The same uuid uploaded again is stored and announced once.
 //!
+//! Who may upload and download is what a signed token says ([`access`]: `--auth` modes as
+//! the edge has them, the room and name the uploader holds); every size and count a
+//! client controls is bounded, and so are the uploads in progress and their duration.
+//!
 //! Modules: [`config`] (flags and env), [`server`] (routes, CORS), [`state`] (what the
-//! handlers share, readiness), [`upload`] and [`download`] (the REST handlers),
-//! [`json_splitter`] and [`base64_check`] (streaming parse of image bodies), [`message`]
+//! handlers share, readiness), [`access`] (tokens), [`upload`] and [`download`] (the REST
+//! handlers), [`json_splitter`] and [`base64_check`] (streaming parse of image bodies),
+//! [`multipart`] (streaming parse of file bodies), [`message`]
 //! (the message object), [`filename`] (client file names: extension, safe
 //! `Content-Disposition`), [`store`], [`announce`], [`metrics`], [`error`]. The operations
 //! endpoints, logging and the shutdown signal are natter-ops'.
 
+pub mod access;
 pub mod announce;
 pub mod base64_check;
 pub mod config;
@@ -28,14 +34,15 @@ pub mod filename;
 pub mod json_splitter;
 pub mod message;
 pub mod metrics;
+pub mod multipart;
 pub mod server;
 pub mod state;
 pub mod store;
 pub mod upload;
 
 use std::future::IntoFuture;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use natter_bus::StreamArgs;
@@ -43,6 +50,7 @@ use tokio::sync::watch;
 
 pub use config::Config;
 
+use crate::access::Access;
 use crate::announce::Announcer;
 use crate::metrics::Metrics;
 use crate::state::{AppState, Shared};
@@ -52,12 +60,16 @@ use crate::store::Store;
 const TMP_MAX_AGE: Duration = Duration::from_secs(3600);
 /// Pause between attempts to reach NATS at start-up.
 const NATS_RETRY: Duration = Duration::from_secs(2);
+/// Period of the CHAT stream drift check.
+const DRIFT_CHECK: Duration = Duration::from_secs(30);
 
 /// Why the service could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Auth(#[from] natter_auth::AuthConfigError),
     #[error("data directory {0}: {1}")]
     DataDir(String, std::io::Error),
     #[error("cannot listen on {0}: {1}")]
@@ -69,6 +81,11 @@ pub enum RunError {
 /// Run the filestore until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> Result<(), RunError> {
     let limits = config.limits()?;
+    let access = Access::new(natter_auth::Verifier::from_args(
+        &config.auth,
+        config.listen,
+    )?);
+    log_auth(&access);
     let store = Store::open(&config.data_dir)
         .await
         .map_err(|e| RunError::DataDir(config.data_dir.display().to_string(), e))?;
@@ -78,14 +95,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     }
     let mut registry = natter_ops::Registry::new();
     let metrics = Metrics::register(&mut registry);
-    let state: Shared = Arc::new(AppState {
-        store,
-        limits,
-        registry,
-        metrics,
-        announcer: OnceLock::new(),
-        draining: AtomicBool::new(false),
-    });
+    let state: Shared = Arc::new(AppState::new(store, limits, registry, metrics, access));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| RunError::Bind(config.listen, e))?;
@@ -124,6 +134,22 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     Ok(())
 }
 
+/// Say how requests are authenticated; loudly when they are not.
+fn log_auth(access: &Access) {
+    match access.mode() {
+        natter_auth::AuthMode::Off => tracing::warn!(
+            auth = "off",
+            "authentication is OFF: anyone may upload to any room under any name and download \
+             any upload. For local development only; never expose this filestore"
+        ),
+        mode => tracing::info!(
+            auth = %mode,
+            algorithms = ?access.verifier().algorithms(),
+            "uploads and downloads are authenticated by signed tokens"
+        ),
+    }
+}
+
 async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
@@ -141,12 +167,31 @@ async fn connect_nats(state: Shared, url: String, stream: StreamArgs, publish_ti
         }
     };
     let js = async_nats::jetstream::new(client.clone());
-    while let Err(e) = natter_bus::ensure_chat_stream(&js, &stream).await {
-        tracing::warn!(error = %e, "could not ensure the CHAT stream; retrying");
-        tokio::time::sleep(NATS_RETRY).await;
+    let status = loop {
+        match natter_bus::ensure_chat_stream(&js, &stream).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not check the CHAT stream; retrying");
+                tokio::time::sleep(NATS_RETRY).await;
+            }
+        }
+    };
+    let drift = natter_bus::DriftWatch::spawn(js.clone(), stream.clone(), &status, DRIFT_CHECK);
+    let _ = state.stream_drift.set(drift);
+    if state.access.mode() != natter_auth::AuthMode::Off {
+        let presence = loop {
+            match natter_bus::ensure_presence(&js, &stream).await {
+                Ok(kv) => break kv,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not open the presence bucket; retrying");
+                    tokio::time::sleep(NATS_RETRY).await;
+                }
+            }
+        };
+        state.access.set_presence(presence);
     }
     let _ = state.announcer.set(Announcer::new(client, publish_timeout));
-    tracing::info!("NATS connected and CHAT stream ensured");
+    tracing::info!(stream = ?status, "NATS connected and CHAT stream checked");
 }
 
 async fn sweep_periodically(state: Shared) {

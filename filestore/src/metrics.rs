@@ -12,8 +12,9 @@ use natter_ops::{buckets, Counter, Gauge, Histogram, Registry};
 
 use crate::store::Kind;
 
-/// Labels of `natter_filestore_rejects_total`: every `ApiError::reason` an upload can get.
-const REJECT_REASONS: [&str; 12] = [
+/// Labels of `natter_filestore_rejects_total`: every `ApiError::reason` an upload can get
+/// (downloads count their `unauthorized` and `forbidden` answers here too).
+const REJECT_REASONS: [&str; 16] = [
     "malformed_json",
     "invalid_message",
     "no_file",
@@ -26,6 +27,10 @@ const REJECT_REASONS: [&str; 12] = [
     "aborted",
     "unavailable",
     "storage",
+    "unauthorized",
+    "forbidden",
+    "busy",
+    "deadline",
 ];
 
 /// The series of one kind (`kind="image"` or `kind="file"`).
@@ -54,6 +59,8 @@ pub struct Metrics {
     pub nats_connected: Gauge,
     /// 1 while `/readyz` answers 200 (sampled at each scrape).
     pub ready: Gauge,
+    /// Settings of the CHAT stream that differ from this service's (sampled at each scrape).
+    pub stream_drift: Gauge,
 }
 
 fn idx(kind: Kind) -> usize {
@@ -76,7 +83,7 @@ impl Metrics {
         );
         let rejects = r.counter_family(
             "natter_filestore_rejects_total",
-            "Requests refused, by reason.",
+            "Requests refused, by reason (uploads; downloads: unauthorized and forbidden).",
         );
         let announcements = r.counter_family(
             "natter_filestore_announcements_total",
@@ -112,6 +119,10 @@ impl Metrics {
             "1 while the NATS connection is up.",
         );
         let ready = r.gauge("natter_filestore_ready", "1 while /readyz answers 200.");
+        let stream_drift = r.gauge(
+            "natter_filestore_stream_drift",
+            "Settings of the CHAT stream that differ from this filestore's; not ready while > 0.",
+        );
         let per_kind = |kind: &'static str| PerKind {
             stored: uploads.series(&[("kind", kind), ("result", "stored")]),
             duplicate: uploads.series(&[("kind", kind), ("result", "duplicate")]),
@@ -133,6 +144,7 @@ impl Metrics {
             upload_duration,
             nats_connected,
             ready,
+            stream_drift,
         }
     }
 

@@ -43,7 +43,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
-/// Size of the write buffer in front of a temporary file.
+/// Largest write buffer in front of a temporary file (grown as data arrives).
 const WRITE_BUFFER: usize = 256 * 1024;
 
 /// What a uuid names: images and files are separate namespaces.
@@ -159,7 +159,8 @@ impl Store {
             .await?;
         Ok(TempBlob {
             path,
-            file: Some(tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file)),
+            file: Some(file),
+            buf: Vec::new(),
             len: 0,
             armed: true,
         })
@@ -311,9 +312,13 @@ impl Store {
 
 /// An upload being received into `tmp/`. Deleted when dropped before [`Store::commit`]
 /// took it, so a rejected or interrupted upload leaves nothing behind.
+///
+/// Its write buffer grows with the data that arrives (up to [`WRITE_BUFFER`]), so an upload
+/// that sends little holds little.
 pub struct TempBlob {
     path: PathBuf,
-    file: Option<tokio::io::BufWriter<tokio::fs::File>>,
+    file: Option<tokio::fs::File>,
+    buf: Vec<u8>,
     len: u64,
     armed: bool,
 }
@@ -325,7 +330,15 @@ impl TempBlob {
             .file
             .as_mut()
             .ok_or_else(|| io::Error::other("temporary file already closed"))?;
-        f.write_all(data).await?;
+        if self.buf.len() + data.len() > WRITE_BUFFER {
+            f.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        if data.len() >= WRITE_BUFFER {
+            f.write_all(data).await?;
+        } else {
+            self.buf.extend_from_slice(data);
+        }
         self.len += data.len() as u64;
         Ok(())
     }
@@ -342,8 +355,10 @@ impl TempBlob {
     /// Flush and fsync: afterwards the content is safely on disk.
     async fn finish(&mut self) -> io::Result<()> {
         if let Some(mut f) = self.file.take() {
+            f.write_all(&self.buf).await?;
+            self.buf = Vec::new();
             f.flush().await?;
-            f.get_mut().sync_all().await?;
+            f.sync_all().await?;
         }
         Ok(())
     }

@@ -1,155 +1,227 @@
-//! `POST /files`: the `multipart/form-data` body, streamed. The `files[]` part goes to a
-//! temporary blob under the size limit, the `message` part (bounded) is parsed as the
-//! `fileMessage`, other parts are read and dropped within a small allowance.
-
-use std::time::Duration;
+//! `POST /files`: the `multipart/form-data` body, streamed through [`crate::multipart`]
+//! (bounded preamble, part headers and part count). The `files[]` part goes to a temporary
+//! blob under the size limit, the `message` part (bounded) is parsed as the `fileMessage`
+//! and authorized as soon as it is complete, other parts are read and dropped within a
+//! small allowance. Reading stops at the closing boundary.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Multipart, Request};
+use axum::extract::Request;
 use axum::http::header;
 use axum::response::Response;
 
 use super::{
-    body_still_arriving, check_declared_length, store_and_announce, DRAIN_MAX, DRAIN_TIME,
+    body_still_arriving, drain_body, store_and_announce, Upload, DRAIN_MAX, DRAIN_TIME,
     OTHER_PARTS_MAX,
 };
 use crate::config::METADATA_MAX;
 use crate::error::ApiError;
 use crate::filename;
 use crate::message::{MessageKind, UploadMessage};
-use crate::state::Shared;
+use crate::multipart::{self, Event, MultipartError, Parser, PartHead};
 use crate::store::TempBlob;
 
-pub(super) async fn receive_file(st: &Shared, req: Request) -> Result<Response, ApiError> {
+fn multipart_error(e: MultipartError) -> ApiError {
+    match e {
+        MultipartError::PreambleTooLarge(n) => ApiError::TooLarge {
+            what: "the multipart preamble",
+            limit: n as u64,
+        },
+        MultipartError::HeadersTooLarge(n) => ApiError::TooLarge {
+            what: "a multipart part's headers",
+            limit: n as u64,
+        },
+        MultipartError::TooManyParts(n) => ApiError::TooLarge {
+            what: "the number of multipart parts",
+            limit: n as u64,
+        },
+        other => ApiError::BadMultipart(other.to_string()),
+    }
+}
+
+/// The file part as received.
+struct FilePart {
+    temp: TempBlob,
+    name: Option<String>,
+    content_type: Option<String>,
+}
+
+/// Which part the data events currently belong to.
+enum Current {
+    None,
+    File,
+    Message(Vec<u8>),
+    Other,
+}
+
+/// What the parts delivered so far add up to.
+struct Parts<'u, 'a> {
+    up: &'u Upload<'a>,
+    current: Current,
+    file: Option<FilePart>,
+    message: Option<UploadMessage>,
+    other: u64,
+}
+
+impl Parts<'_, '_> {
+    async fn on(&mut self, event: Event) -> Result<(), ApiError> {
+        match event {
+            Event::Part(head) => {
+                self.part_done().await?;
+                self.begin(head).await
+            }
+            Event::Data(data) => self.data(data).await,
+            Event::End => self.part_done().await,
+        }
+    }
+
+    async fn begin(&mut self, head: PartHead) -> Result<(), ApiError> {
+        self.current = match head.name.as_deref().unwrap_or("") {
+            "files[]" | "files" | "file" => {
+                if self.file.is_some() {
+                    return Err(ApiError::invalid("exactly one file part is accepted"));
+                }
+                self.file = Some(FilePart {
+                    temp: self.up.st.store.temp_blob().await?,
+                    name: head.file_name,
+                    content_type: head.content_type,
+                });
+                Current::File
+            }
+            "message" => {
+                if self.message.is_some() {
+                    return Err(ApiError::invalid("exactly one message part is accepted"));
+                }
+                Current::Message(Vec::new())
+            }
+            _ => Current::Other,
+        };
+        Ok(())
+    }
+
+    async fn data(&mut self, data: Bytes) -> Result<(), ApiError> {
+        let max_file = self.up.st.limits.max_file_bytes;
+        match &mut self.current {
+            Current::File => {
+                let Some(f) = self.file.as_mut() else {
+                    return Ok(());
+                };
+                if f.temp.len() + data.len() as u64 > max_file {
+                    return Err(ApiError::TooLarge {
+                        what: "the file",
+                        limit: max_file,
+                    });
+                }
+                f.temp.write(&data).await?;
+            }
+            Current::Message(text) => {
+                if text.len() + data.len() > METADATA_MAX {
+                    return Err(ApiError::TooLarge {
+                        what: "the message part",
+                        limit: METADATA_MAX as u64,
+                    });
+                }
+                text.extend_from_slice(&data);
+            }
+            Current::Other => {
+                self.other += data.len() as u64;
+                if self.other > OTHER_PARTS_MAX {
+                    return Err(ApiError::TooLarge {
+                        what: "the parts besides files[] and message",
+                        limit: OTHER_PARTS_MAX,
+                    });
+                }
+            }
+            Current::None => {}
+        }
+        Ok(())
+    }
+
+    /// The current part is complete: a message is validated and authorized now, before
+    /// any more of the body is read.
+    async fn part_done(&mut self) -> Result<(), ApiError> {
+        if let Current::Message(text) = std::mem::replace(&mut self.current, Current::None) {
+            let (msg, _) = UploadMessage::parse(MessageKind::File, &text)?;
+            self.up.authorize(&msg).await?;
+            self.message = Some(msg);
+        }
+        Ok(())
+    }
+}
+
+pub(super) async fn receive_file(up: &Upload<'_>, req: Request) -> Result<Response, ApiError> {
+    let st = up.st;
     let limits = &st.limits;
-    check_declared_length(req.headers(), limits.file_body_max())?;
-    let multipart = req
+    let body_max = limits.file_body_max();
+    let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("multipart/form-data")
-        });
-    if !multipart {
-        return Err(ApiError::BadMultipart(
-            "expected multipart/form-data with a files[] part and a message part".into(),
-        ));
-    }
-    let mut mp = Multipart::from_request(req, &())
-        .await
-        .map_err(|e| ApiError::BadMultipart(e.body_text()))?;
-    let idle = limits.body_idle_timeout;
-    let mut message: Option<Vec<u8>> = None;
-    let mut file: Option<(TempBlob, Option<String>, Option<String>)> = None;
-    let mut other: u64 = 0;
-    let mut failure = None;
-    'parts: loop {
-        let mut field = match tokio::time::timeout(idle, mp.next_field()).await {
-            Err(_) => {
-                failure = Some(ApiError::Aborted(format!("no data for {idle:?}")));
-                break;
-            }
-            Ok(Err(e)) => {
-                failure = Some(ApiError::BadMultipart(e.body_text()));
-                break;
-            }
-            Ok(Ok(None)) => break,
-            Ok(Ok(Some(f))) => f,
+        .unwrap_or("");
+    let boundary = multipart::boundary(content_type).map_err(|e| {
+        ApiError::BadMultipart(format!(
+            "expected multipart/form-data with a files[] part and a message part ({e})"
+        ))
+    })?;
+    let mut parser = Parser::new(&boundary, limits.multipart);
+    let mut body = req.into_body().into_data_stream();
+    let mut parts = Parts {
+        up,
+        current: Current::None,
+        file: None,
+        message: None,
+        other: 0,
+    };
+    let mut events = Vec::new();
+    let mut received: u64 = 0;
+    let failure = 'body: loop {
+        let chunk = match up.next_chunk(&mut body).await {
+            Ok(Some(c)) => c,
+            Ok(None) => break parser.finish().err().map(multipart_error),
+            Err(e) => break Some(e),
         };
-        let name = field.name().unwrap_or("").to_owned();
-        match name.as_str() {
-            "files[]" | "files" | "file" => {
-                if file.is_some() {
-                    failure = Some(ApiError::invalid("exactly one file part is accepted"));
-                    break;
-                }
-                let part_name = field.file_name().map(str::to_owned);
-                let part_type = field.content_type().map(str::to_owned);
-                let mut temp = st.store.temp_blob().await?;
-                loop {
-                    match field_chunk(&mut field, idle).await {
-                        Ok(Some(c)) => {
-                            if temp.len() + c.len() as u64 > limits.max_file_bytes {
-                                failure = Some(ApiError::TooLarge {
-                                    what: "the file",
-                                    limit: limits.max_file_bytes,
-                                });
-                                temp.discard().await;
-                                break 'parts;
-                            }
-                            temp.write(&c).await?;
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            failure = Some(e);
-                            break 'parts;
-                        }
-                    }
-                }
-                file = Some((temp, part_name, part_type));
-            }
-            "message" => {
-                let mut text = Vec::new();
-                loop {
-                    match field_chunk(&mut field, idle).await {
-                        Ok(Some(c)) => {
-                            if text.len() + c.len() > METADATA_MAX {
-                                failure = Some(ApiError::TooLarge {
-                                    what: "the message part",
-                                    limit: METADATA_MAX as u64,
-                                });
-                                break 'parts;
-                            }
-                            text.extend_from_slice(&c);
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            failure = Some(e);
-                            break 'parts;
-                        }
-                    }
-                }
-                message = Some(text);
-            }
-            _ => loop {
-                match field_chunk(&mut field, idle).await {
-                    Ok(Some(c)) => {
-                        other += c.len() as u64;
-                        if other > OTHER_PARTS_MAX {
-                            failure = Some(ApiError::TooLarge {
-                                what: "the parts besides files[] and message",
-                                limit: OTHER_PARTS_MAX,
-                            });
-                            break 'parts;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        failure = Some(e);
-                        break 'parts;
-                    }
-                }
-            },
+        received += chunk.len() as u64;
+        if received > body_max {
+            break Some(ApiError::TooLarge {
+                what: "the request body",
+                limit: body_max,
+            });
         }
-    }
+        events.clear();
+        if let Err(e) = parser.feed(&chunk, &mut events) {
+            break Some(multipart_error(e));
+        }
+        for event in events.drain(..) {
+            if let Err(e) = parts.on(event).await {
+                break 'body Some(e);
+            }
+        }
+        if parser.is_done() {
+            break None;
+        }
+    };
     if let Some(e) = failure {
-        drop(file);
-        if body_still_arriving(&e) {
-            drain_multipart(&mut mp).await;
+        if let Some(f) = parts.file.take() {
+            f.temp.discard().await;
+        }
+        if body_still_arriving(&e) && !parser.is_done() {
+            drain_body(&mut body, DRAIN_MAX, DRAIN_TIME).await;
         }
         return Err(e);
     }
-    let Some((temp, part_name, part_type)) = file else {
+    let Some(FilePart {
+        temp,
+        name: part_name,
+        content_type: part_type,
+    }) = parts.file
+    else {
         return Err(ApiError::NoFilePart);
     };
-    let Some(message) = message else {
+    let Some(msg) = parts.message else {
+        temp.discard().await;
         return Err(ApiError::invalid(
             "no message part: send the fileMessage object as a part named message",
         ));
     };
-    let (msg, _) = UploadMessage::parse(MessageKind::File, &message)?;
     let file_name = match msg.str_param("fileName")? {
         Some(n) if !n.is_empty() => n.to_owned(),
         _ => part_name
@@ -175,30 +247,4 @@ pub(super) async fn receive_file(st: &Shared, req: Request) -> Result<Response, 
         .filter(|t| t.len() <= 128 && t.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
         .unwrap_or_else(|| "application/octet-stream".to_owned());
     store_and_announce(st, msg, temp, content_type, Some(file_name)).await
-}
-
-async fn field_chunk(
-    field: &mut axum::extract::multipart::Field<'_>,
-    idle: Duration,
-) -> Result<Option<Bytes>, ApiError> {
-    match tokio::time::timeout(idle, field.chunk()).await {
-        Err(_) => Err(ApiError::Aborted(format!("no data for {idle:?}"))),
-        Ok(Err(e)) => Err(ApiError::BadMultipart(e.body_text())),
-        Ok(Ok(c)) => Ok(c),
-    }
-}
-
-async fn drain_multipart(mp: &mut Multipart) {
-    let _ = tokio::time::timeout(DRAIN_TIME, async {
-        let mut left = DRAIN_MAX;
-        while let Ok(Some(mut field)) = mp.next_field().await {
-            while let Ok(Some(c)) = field.chunk().await {
-                left = left.saturating_sub(c.len() as u64);
-                if left == 0 {
-                    return;
-                }
-            }
-        }
-    })
-    .await;
 }

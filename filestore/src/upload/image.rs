@@ -7,15 +7,12 @@ use axum::extract::Request;
 use axum::response::Response;
 use serde_json::Value;
 
-use super::{
-    body_still_arriving, check_declared_length, drain_body, next_chunk, store_and_announce,
-};
+use super::{body_still_arriving, drain_body, store_and_announce, Upload, DRAIN_MAX, DRAIN_TIME};
 use crate::base64_check::{Base64Check, Base64Error};
 use crate::config::{ImageType, METADATA_MAX};
 use crate::error::ApiError;
 use crate::json_splitter::{BodyError, Splitter};
 use crate::message::{MessageKind, UploadMessage};
-use crate::state::Shared;
 
 fn body_error(e: BodyError) -> ApiError {
     match e {
@@ -41,18 +38,18 @@ fn base64_error(e: Base64Error, limit: u64) -> ApiError {
     }
 }
 
-pub(super) async fn receive_image(st: &Shared, req: Request) -> Result<Response, ApiError> {
+pub(super) async fn receive_image(up: &Upload<'_>, req: Request) -> Result<Response, ApiError> {
+    let st = up.st;
     let limits = &st.limits;
     let body_max = limits.image_body_max();
-    check_declared_length(req.headers(), body_max)?;
     let mut body = req.into_body().into_data_stream();
     let mut temp = st.store.temp_blob().await?;
     let mut splitter = Splitter::new(METADATA_MAX);
     let mut check = Base64Check::new(limits.max_image_bytes);
-    let mut text = Vec::with_capacity(64 * 1024);
+    let mut text = Vec::new();
     let mut received: u64 = 0;
     let failure = loop {
-        let chunk = match next_chunk(&mut body, limits.body_idle_timeout).await {
+        let chunk = match up.next_chunk(&mut body).await {
             Ok(Some(c)) => c,
             Ok(None) => break None,
             Err(e) => break Some(e),
@@ -78,7 +75,7 @@ pub(super) async fn receive_image(st: &Shared, req: Request) -> Result<Response,
     if let Some(e) = failure {
         temp.discard().await;
         if body_still_arriving(&e) {
-            drain_body(&mut body).await;
+            drain_body(&mut body, DRAIN_MAX, DRAIN_TIME).await;
         }
         return Err(e);
     }
@@ -86,6 +83,7 @@ pub(super) async fn receive_image(st: &Shared, req: Request) -> Result<Response,
     let value: Value =
         serde_json::from_slice(&skeleton).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
     let (msg, inline) = UploadMessage::from_value(MessageKind::Image, value)?;
+    up.authorize(&msg).await?;
     if !found {
         // Only a key spelled with escapes escapes the splitter; the value is then small (it
         // fitted in the skeleton) and is checked the same way.

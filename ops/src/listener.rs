@@ -25,10 +25,10 @@
 //! - Each request carries the peer address as [`ConnectInfo<SocketAddr>`], so handlers take
 //!   `ConnectInfo(peer): ConnectInfo<SocketAddr>`.
 //!
-//! [`ListenArgs`] are the flags of a service with a public port and a separate operations
-//! port (`--listen`, `--ops-listen`, plus [`HttpArgs`]); [`serve_with_ops`] serves a public
-//! router and the ops router (see [`crate::router`]) on them in one call, so the public port
-//! never answers `/metrics`. A service with only an operations port (the archiver) flattens
+//! [`ListenArgs`] are the flags of a service with a public port (its own `--listen`) and a
+//! separate operations port (`--ops-listen`, plus [`HttpArgs`]); [`serve_with_ops`] serves
+//! a public router and the ops router (see [`crate::router`]) on them in one call, so the
+//! public port never answers `/metrics`. A service with only an operations port (the archiver) flattens
 //! [`HttpArgs`] and calls [`bind`] and [`Bound::serve`].
 //!
 //! HTTP/1.1 only (WebSockets need it; nothing natter serves gains from HTTP/2 behind an
@@ -96,21 +96,17 @@ impl Default for HttpArgs {
     }
 }
 
-/// The addresses of a service with a public port and an operations port, and the limits
-/// both are served with.
+/// The operations port of a service that also has a public port (its `--listen`, which
+/// stays in the service's own `Config`: its default and meaning are the service's), and the
+/// limits both ports are served with.
 ///
-/// `--listen` and `--ops-listen` have no defaults here: each service sets its own with
-/// `#[command(mut_arg("listen", |a| a.default_value("127.0.0.1:8090").required(false)),
-/// mut_arg("ops_listen", |a| a.default_value("127.0.0.1:9090").required(false)))]` on its
-/// `Config`.
+/// `--ops-listen` has no default here: each service sets its own with
+/// `#[command(mut_arg("ops_listen", |a| a.default_value("127.0.0.1:9090").required(false)))]`
+/// on its `Config`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ListenArgs {
-    /// Public address: the service's own routes only (no operations endpoints).
-    #[arg(long, env = "NATTER_LISTEN")]
-    pub listen: SocketAddr,
-
     /// Operations address: /healthz, /readyz and /metrics, for probes and scrapes (keep it
-    /// off the public network).
+    /// off the public network; the public port does not serve them).
     #[arg(long, env = "NATTER_OPS_LISTEN")]
     pub ops_listen: SocketAddr,
 
@@ -406,11 +402,11 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Bind `--listen` and `--ops-listen` (before the service connects to anything, so a
-    /// port in use fails the start at once).
-    pub async fn bind(args: &ListenArgs) -> Result<Listeners, ListenError> {
+    /// Bind the public address `listen` and `--ops-listen` (before the service connects to
+    /// anything, so a port in use fails the start at once).
+    pub async fn bind(listen: SocketAddr, args: &ListenArgs) -> Result<Listeners, ListenError> {
         Ok(Listeners {
-            public: bind("public", args.listen).await?,
+            public: bind("public", listen).await?,
             ops: bind("ops", args.ops_listen).await?,
             limits: args.http.limits(),
         })
@@ -442,16 +438,17 @@ impl Listeners {
     }
 }
 
-/// Bind both ports of `args` and serve `public` and `ops` on them until `shutdown`, then
-/// stop gracefully within `grace` ([`Listeners::bind`] + [`Listeners::serve`]).
+/// Bind `listen` and `--ops-listen` and serve `public` and `ops` on them until `shutdown`,
+/// then stop gracefully within `grace` ([`Listeners::bind`] + [`Listeners::serve`]).
 pub async fn serve_with_ops(
     public: Router,
     ops: Router,
+    listen: SocketAddr,
     args: &ListenArgs,
     shutdown: impl Future<Output = ()> + Send,
     grace: Duration,
 ) -> Result<(), ListenError> {
-    Listeners::bind(args)
+    Listeners::bind(listen, args)
         .await?
         .serve(public, ops, shutdown, grace)
         .await;
@@ -466,25 +463,23 @@ mod tests {
     #[derive(Debug, Parser)]
     #[command(
         name = "natter-test",
-        mut_arg("listen", |a| a.default_value("127.0.0.1:8090").required(false)),
         mut_arg("ops_listen", |a| a.default_value("127.0.0.1:9090").required(false))
     )]
     struct Config {
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: SocketAddr,
         #[command(flatten)]
-        listen: ListenArgs,
+        net: ListenArgs,
     }
 
     #[test]
-    fn each_service_sets_its_own_default_ports() {
+    fn each_service_sets_its_own_default_ops_port() {
         let c = Config::try_parse_from(["natter-test"]).unwrap();
-        assert_eq!(c.listen.listen, SocketAddr::from(([127, 0, 0, 1], 8090)));
-        assert_eq!(
-            c.listen.ops_listen,
-            SocketAddr::from(([127, 0, 0, 1], 9090))
-        );
-        let l = c.listen.http.limits();
+        assert_eq!(c.net.ops_listen, SocketAddr::from(([127, 0, 0, 1], 9090)));
+        let l = c.net.http.limits();
         assert_eq!(l.header_read_timeout, Duration::from_secs(10));
         assert_eq!(l.max_connections, 8192);
+        assert_eq!(l.idle_timeout, Duration::from_secs(60));
         let c = Config::try_parse_from([
             "natter-test",
             "--ops-listen",
@@ -493,8 +488,8 @@ mod tests {
             "3",
         ])
         .unwrap();
-        assert_eq!(c.listen.ops_listen, SocketAddr::from(([0, 0, 0, 0], 9999)));
-        assert_eq!(c.listen.http.max_http_connections, 3);
+        assert_eq!(c.net.ops_listen, SocketAddr::from(([0, 0, 0, 0], 9999)));
+        assert_eq!(c.net.http.max_http_connections, 3);
         assert!(Config::try_parse_from(["natter-test", "--header-read-timeout-ms", "5"]).is_err());
     }
 }

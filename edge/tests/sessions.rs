@@ -291,3 +291,47 @@ async fn a_join_racing_the_last_leave_never_leaves_a_session_without_its_name() 
         .unwrap_err();
     assert_eq!(err["error"]["code"], -32001, "{err}");
 }
+
+#[tokio::test]
+async fn a_rejoin_that_is_refused_gives_the_old_hold_back() {
+    let s = stack(1, &[]).await;
+    let (mut ann, w) = joined(&s.edges[0], ROOM, "u-ann", "Ann").await;
+    let client = async_nats::connect(s.nats.url()).await.unwrap();
+    let kv = async_nats::jetstream::new(client)
+        .get_key_value("presence")
+        .await
+        .unwrap();
+    let (room_token, user_token) = (
+        natter_protocol::token::encode(ROOM),
+        natter_protocol::token::encode("Ann"),
+    );
+    let sid = w["params"]["sessionId"].as_str().unwrap_or_default();
+    let session_key = natter_bus::subjects::presence_session_key(&room_token, &user_token, sid);
+    assert!(
+        kv.get(&session_key).await.unwrap().is_some(),
+        "{session_key}"
+    );
+    // The name changed hands behind the edge's back (as after an outage)...
+    let eve = serde_json::to_vec(&natter_bus::Owner {
+        user_id: "u-eve".into(),
+        user_name: "Ann".into(),
+    })
+    .unwrap();
+    let owner_key = natter_bus::subjects::presence_owner_key(&room_token, &user_token);
+    kv.put(&owner_key, eve.into()).await.unwrap();
+    // ...and the socket rejoins its room: refused, out of the room, its old hold gone
+    // (not kept alive by the edge until the socket closes).
+    let err = ann
+        .join(ROOM, "u-ann", "Ann", None, true)
+        .await
+        .unwrap_err();
+    assert_eq!(err["error"]["code"], -32001, "{err}");
+    assert_eq!(kv.get(&session_key).await.unwrap(), None);
+    let r = ann
+        .call(
+            "textMessage",
+            json!({"userId":"u-ann","userName":"Ann","roomName":ROOM,"text":"x","uuid":"q"}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], -32004, "{r}");
+}

@@ -29,8 +29,11 @@ impl Session {
                 .reply_error(id, RpcError::new(ErrorCode::Unauthorized, why))
                 .await;
         }
-        // Joining a room this socket is already in (same user) restarts its catch-up.
+        // Joining a room this socket is already in (same user) restarts its catch-up. Under
+        // the same name the session's presence key is claimed again (`rejoined`: the old
+        // entry, given back if the new join fails).
         let existing = self.joined.lock().remove(&j.room_name);
+        let mut rejoined = None;
         if let Some(e) = existing {
             if e.user_id != j.user_id {
                 self.joined.lock().insert(j.room_name.clone(), e);
@@ -41,9 +44,9 @@ impl Session {
                 return self.reply_error(id, err).await;
             }
             node.rooms.leave(&e.membership);
-            if e.user_name != j.user_name
-                && node.presence.release(&e.session_key).await == Released::Freed
-            {
+            if e.user_name == j.user_name {
+                rejoined = Some(e);
+            } else if node.presence.release(&e.session_key).await == Released::Freed {
                 announce_left(&node, &e).await;
             }
         }
@@ -55,7 +58,7 @@ impl Session {
         }
         let room_token = token::encode(&j.room_name);
         let user_token = token::encode(&j.user_name);
-        let claimed = match node
+        let claim = node
             .presence
             .claim(
                 &room_token,
@@ -65,8 +68,14 @@ impl Session {
                 &self.id,
                 &self.outbox,
             )
-            .await
-        {
+            .await;
+        if let (Err(_), Some(old)) = (&claim, &rejoined) {
+            // The socket is out of the room now: nothing may keep its old hold alive.
+            if node.presence.release(&old.session_key).await == Released::Freed {
+                announce_left(&node, old).await;
+            }
+        }
+        let claimed = match claim {
             Ok(c) => c,
             Err(PresenceError::Taken) => {
                 let msg = format!(
@@ -84,7 +93,7 @@ impl Session {
                     .await;
             }
         };
-        if !claimed.first {
+        if !claimed.first && rejoined.is_none() {
             // Another session of the same userId holds the name too (tabs, devices, a
             // reconnect racing a half-open socket): both stay.
             node.metrics.takeovers.inc();
@@ -104,7 +113,9 @@ impl Session {
             Err(e) => {
                 warn!(error = %e, "join failed");
                 if node.presence.release(&claimed.session_key).await == Released::Freed {
-                    debug!("join failed; the name it had made held is free again");
+                    if let Some(old) = &rejoined {
+                        announce_left(&node, old).await;
+                    }
                 }
                 return self
                     .reply_error(id, RpcError::new(failed, format!("{e}; retry")))

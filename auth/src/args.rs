@@ -33,8 +33,8 @@ impl std::fmt::Display for AuthMode {
 }
 
 /// `--auth*` flags, each with its environment twin. They are global, so a service's
-/// subcommands (e.g. `natter-edge token`) take them too.
-#[derive(Debug, Clone, clap::Args)]
+/// subcommands (e.g. `natter-edge token`) take them too. `Debug` never shows the secret.
+#[derive(Clone, clap::Args)]
 pub struct AuthArgs {
     /// Token checking: `off` (local development only), `optional` (a token, when present,
     /// is enforced) or `required`. Unset: `required` when listening on a non-loopback
@@ -69,6 +69,21 @@ pub struct AuthArgs {
     pub auth_leeway_secs: u64,
 }
 
+impl std::fmt::Debug for AuthArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthArgs")
+            .field("auth", &self.auth)
+            .field(
+                "auth_hs256_secret",
+                &self.auth_hs256_secret.as_ref().map(|_| "(redacted)"),
+            )
+            .field("auth_hs256_secret_file", &self.auth_hs256_secret_file)
+            .field("auth_public_key_file", &self.auth_public_key_file)
+            .field("auth_leeway_secs", &self.auth_leeway_secs)
+            .finish()
+    }
+}
+
 impl AuthArgs {
     /// Ids of the settings `--check-config` must never print
     /// (`natter_ops::ServiceConfig::secret_args`).
@@ -94,5 +109,24 @@ impl AuthArgs {
             return Err(AuthConfigError::ShortSecret);
         }
         Ok(Some(secret))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let a = AuthArgs {
+            auth: Some(AuthMode::Required),
+            auth_hs256_secret: Some("very-secret-value-of-32-bytes-or-more".into()),
+            auth_hs256_secret_file: None,
+            auth_public_key_file: None,
+            auth_leeway_secs: 30,
+        };
+        let shown = format!("{a:?}");
+        assert!(!shown.contains("very-secret"), "{shown}");
+        assert!(shown.contains("redacted"), "{shown}");
     }
 }

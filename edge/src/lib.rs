@@ -8,7 +8,8 @@
 //! - [`room`]: one live subscription per room with local members, fanout of each message
 //!   encoded once; the seam/gap bookkeeping is the sans-IO [`room::delivery`] state machine.
 //! - [`catchup`]: history on join, resume after `lastMessageId`, `getHistory`.
-//! - [`presence`]: user names per room in the `presence` KV bucket.
+//! - [`presence`]: user names per room in the `presence` KV bucket, held by one userId from
+//!   any number of sessions (its doc argues why concurrent joins and leaves stay consistent).
 //! - [`outbox`]: the handle through which rooms reach a socket without waiting on it.
 //! - [`node`]: what all of the above share; [`config`], [`metrics`].
 //!

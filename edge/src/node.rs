@@ -1,5 +1,6 @@
 //! The edge node: everything its sessions share — the NATS connection, the stream reader,
-//! presence, the room registry, the session registry, metrics, and the drain state.
+//! presence, the token verifier, the room registry, the session registry, metrics, and the
+//! drain state.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

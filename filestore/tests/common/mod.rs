@@ -262,3 +262,124 @@ pub async fn stream_messages(nats_url: &str) -> u64 {
         .expect("CHAT stream");
     stream.get_info().await.expect("stream info").state.messages
 }
+
+/// The HS256 secret the authenticated filestores of the tests trust.
+pub const SECRET: &str = "filestore-tests-secret-at-least-32-bytes-long";
+
+/// Start a filestore with `--auth required` (HS256 with [`SECRET`]) and extra flags.
+pub async fn filestore_auth(nats: &NatsServer, data: &DataDir, extra: &[&str]) -> Service {
+    let mut args = vec!["--auth", "required", "--auth-hs256-secret", SECRET];
+    args.extend_from_slice(extra);
+    filestore(nats, data, &args).await
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A token for `sub`, expiring `exp_in_secs` from now (negative: expired), limited to
+/// `rooms` when given.
+pub fn token(sub: &str, rooms: Option<&[&str]>, exp_in_secs: i64) -> String {
+    let claims = natter_auth::Claims {
+        sub: sub.to_owned(),
+        exp: (unix_now() + exp_in_secs).max(0) as u64,
+        nbf: None,
+        name: None,
+        rooms: rooms.map(|r| r.iter().map(|s| s.to_string()).collect()),
+    };
+    natter_auth::mint_hs256(SECRET.as_bytes(), &claims).expect("mint a token")
+}
+
+/// `Authorization: Bearer <token>`.
+pub fn bearer(token: &str) -> (&'static str, String) {
+    ("Authorization", format!("Bearer {token}"))
+}
+
+/// The presence bucket, as the edges hold it, with a long TTL so that names held by a test
+/// outlive it.
+pub async fn presence(nats_url: &str) -> async_nats::jetstream::kv::Store {
+    let client = async_nats::connect(nats_url)
+        .await
+        .expect("connect to NATS");
+    let js = async_nats::jetstream::new(client);
+    let args = natter_bus::StreamArgs {
+        presence_ttl_secs: 3600,
+        ..natter_bus::StreamArgs::default()
+    };
+    natter_bus::ensure_presence(&js, &args)
+        .await
+        .expect("presence bucket")
+}
+
+/// Make `user_id` hold `user_name` in `room`, as an edge does when it joins.
+pub async fn hold_name(
+    kv: &async_nats::jetstream::kv::Store,
+    room: &str,
+    user_name: &str,
+    user_id: &str,
+) {
+    let key = natter_bus::subjects::presence_owner_key(
+        &natter_protocol::token::encode(room),
+        &natter_protocol::token::encode(user_name),
+    );
+    let owner = serde_json::to_vec(&natter_bus::Owner {
+        user_id: user_id.to_owned(),
+        user_name: user_name.to_owned(),
+    })
+    .expect("owner JSON");
+    kv.put(key, owner.into()).await.expect("hold the name");
+}
+
+/// `POST /images` with extra headers.
+pub async fn post_image_with(addr: SocketAddr, msg: &Value, headers: &[(&str, &str)]) -> Response {
+    let mut h = vec![("Content-Type", "application/json")];
+    h.extend_from_slice(headers);
+    http::request(addr, "POST", "/images", &h, msg.to_string().as_bytes())
+        .await
+        .expect("POST /images")
+}
+
+/// `POST /files` of a multipart `body` with extra headers.
+pub async fn post_multipart_with(
+    addr: SocketAddr,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> Response {
+    let ct = multipart_type();
+    let mut h = vec![("Content-Type", ct.as_str())];
+    h.extend_from_slice(headers);
+    http::request(addr, "POST", "/files", &h, body)
+        .await
+        .expect("POST /files")
+}
+
+impl DataDir {
+    /// Whether a record or blob of `uuid` is stored.
+    pub fn stored(&self, uuid: &str) -> bool {
+        let key: String = uuid.bytes().map(|b| format!("{b:02x}")).collect();
+        ["files", "images"].iter().any(|sub| {
+            self.files_under(sub).iter().any(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{key}.")))
+            })
+        })
+    }
+
+    /// Whether anything of `uuid` is stored, or any upload left a temporary file.
+    pub fn holds(&self, uuid: &str) -> bool {
+        self.stored(uuid) || !self.files_under("tmp").is_empty()
+    }
+}
+
+impl Live {
+    /// Nothing announced within `quiet`.
+    pub async fn assert_silent(&mut self, quiet: Duration) {
+        if let Some((seq, v)) = self.next(quiet).await {
+            panic!("unexpected announcement {seq}: {v}");
+        }
+    }
+}

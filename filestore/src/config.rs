@@ -18,11 +18,20 @@ pub const METADATA_MAX: usize = 64 * 1024;
 
 /// natter filestore: image and file uploads onto a shared volume, announced to the room.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "natter-filestore", version, about)]
+#[command(
+    name = "natter-filestore",
+    version,
+    about,
+    mut_arg("ops_listen", |a| a.default_value("127.0.0.1:9090").required(false))
+)]
 pub struct Config {
-    /// Address for the REST API (/images, /files) and operations (/healthz, /readyz, /metrics).
+    /// Public address: the REST API (/images, /files) only.
     #[arg(long, env = "NATTER_LISTEN", default_value = "127.0.0.1:8090")]
     pub listen: SocketAddr,
+
+    /// `--ops-listen` (/healthz, /readyz, /metrics) and the limits of both listeners.
+    #[command(flatten)]
+    pub net: natter_ops::ListenArgs,
 
     /// NATS server URL(s), comma-separated.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]

@@ -40,7 +40,6 @@ pub mod state;
 pub mod store;
 pub mod upload;
 
-use std::future::IntoFuture;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,10 +71,8 @@ pub enum RunError {
     Auth(#[from] natter_auth::AuthConfigError),
     #[error("data directory {0}: {1}")]
     DataDir(String, std::io::Error),
-    #[error("cannot listen on {0}: {1}")]
-    Bind(std::net::SocketAddr, std::io::Error),
-    #[error("HTTP server failed: {0}")]
-    Serve(std::io::Error),
+    #[error(transparent)]
+    Listen(#[from] natter_ops::ListenError),
 }
 
 /// Run the filestore until SIGTERM or Ctrl-C.
@@ -96,10 +93,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let mut registry = natter_ops::Registry::new();
     let metrics = Metrics::register(&mut registry);
     let state: Shared = Arc::new(AppState::new(store, limits, registry, metrics, access));
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| RunError::Bind(config.listen, e))?;
-    tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), "filestore listening");
+    let listeners = natter_ops::Listeners::bind(config.listen, &config.net).await?;
+    tracing::info!(listen = %listeners.public.local_addr(), ops_listen = %listeners.ops.local_addr(),
+        data_dir = %config.data_dir.display(), "filestore listening");
 
     tokio::spawn(connect_nats(
         state.clone(),
@@ -117,16 +113,15 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         st.draining.store(true, Ordering::Relaxed);
         let _ = stop_tx.send(true);
     });
-    let server = axum::serve(listener, server::router(state.clone()))
-        .with_graceful_shutdown(stopped(stop_rx.clone()))
-        .into_future();
-    let grace = config.shutdown_grace();
-    tokio::select! {
-        r = server => r.map_err(RunError::Serve)?,
-        () = async { stopped(stop_rx).await; tokio::time::sleep(grace).await } => {
-            tracing::warn!(?grace, "requests still in flight after the grace period; exiting");
-        }
-    }
+    // Stops accepting on SIGTERM; requests in flight get the grace period.
+    listeners
+        .serve(
+            server::router(state.clone()),
+            natter_ops::router(state.clone()),
+            stopped(stop_rx),
+            config.shutdown_grace(),
+        )
+        .await;
     if let Some(a) = state.announcer.get() {
         let _ = a.client().flush().await;
     }

@@ -2,8 +2,8 @@
 //!
 //! REST routes (CORS for any origin, preflight included):
 //! `POST /images`, `GET /images/{uuid}`, `POST /files`, `GET /files/{uuid}`.
-//! Operations (natter-ops, answering through [`crate::state`]): `GET /healthz`,
-//! `GET /readyz`, `GET /metrics`.
+//! The operations routes (`/healthz`, `/readyz`, `/metrics`) are not here: they are served
+//! on the separate operations port (`--ops-listen`, see `lib.rs`), never on this public one.
 //!
 //! CORS is a dozen lines of middleware rather than tower-http: the policy is fixed ("any
 //! origin, no credentials"), and one more crate tree is not worth it.
@@ -18,7 +18,7 @@ use axum::Router;
 use crate::state::Shared;
 use crate::{download, upload};
 
-/// The application's router.
+/// The public router: the REST routes only.
 pub fn router(state: Shared) -> Router {
     let rest = Router::new()
         .route(
@@ -39,8 +39,7 @@ pub fn router(state: Shared) -> Router {
         )
         .route("/files/{uuid}", get(download::get_file).options(preflight))
         .layer(middleware::from_fn(cors));
-    rest.with_state(state.clone())
-        .merge(natter_ops::router(state))
+    rest.with_state(state)
 }
 
 /// Headers a browser may read from our responses besides the safelisted ones.

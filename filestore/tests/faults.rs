@@ -28,7 +28,7 @@ async fn nats_down_gives_503_and_a_retry_after_it_returns_is_announced_once() {
     assert_eq!(before.status, 200, "{}", before.text());
 
     nats.kill();
-    let addr = fs.addr;
+    let addr = fs.ops_addr;
     let not_ready = eventually(WAIT, || async move {
         matches!(natter_testkit::http::get(addr, "/readyz", &[]).await, Ok(r) if r.status == 503)
     })
@@ -120,7 +120,7 @@ async fn nats_dying_in_the_middle_of_an_upload_gives_503_then_the_retry_succeeds
     s.flush().await.unwrap();
     nats.kill();
     assert!(
-        wait_ready(fs.addr, 503).await,
+        wait_ready(fs.ops_addr, 503).await,
         "readiness must fail without NATS"
     );
     s.write_all(&body[half..]).await.unwrap();
@@ -135,7 +135,7 @@ async fn nats_dying_in_the_middle_of_an_upload_gives_503_then_the_retry_succeeds
 
     nats.restart().await;
     assert!(
-        wait_ready(fs.addr, 200).await,
+        wait_ready(fs.ops_addr, 200).await,
         "ready again once NATS is back:\n{}",
         fs.log()
     );

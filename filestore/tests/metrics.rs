@@ -12,7 +12,7 @@ const DOC: &str = include_str!("../../METRICS.md");
 const PREFIX: &str = "natter_filestore_";
 
 async fn scrape(fs: &Service) -> Exposition {
-    let r = http::get(fs.addr, "/metrics", &[])
+    let r = http::get(fs.ops_addr, "/metrics", &[])
         .await
         .expect("GET /metrics");
     exposition::scraped(r.status, r.header("content-type"), &r.text())

@@ -37,15 +37,25 @@ pub fn bin_path(name: &str) -> PathBuf {
     p
 }
 
-/// A running natter service with an HTTP port (`/healthz`, `/readyz`, `/metrics`).
+/// Services with a public port beside their operations port: they take `--ops-listen`.
+/// (The archiver's `--listen` is its operations port.)
+const WITH_OPS_PORT: [&str; 1] = ["natter-filestore"];
+
+/// A running natter service.
 pub struct Service {
+    /// `--listen`: the public port (the edge's `/chat`, the filestore's `/images` and
+    /// `/files`); the archiver's only port.
     pub addr: SocketAddr,
+    /// The operations port (`/healthz`, `/readyz`, `/metrics`): `--ops-listen` where the
+    /// service has one, else `addr`.
+    pub ops_addr: SocketAddr,
     proc: Proc,
     _dir: TempDir,
 }
 
 impl Service {
-    /// Start `binary` with `args`; `--listen 127.0.0.1:<free port>` is added. Waits until
+    /// Start `binary` with `args`; `--listen 127.0.0.1:<free port>` is added, and
+    /// `--ops-listen 127.0.0.1:<free port>` for the edge and the filestore. Waits until
     /// `/readyz` answers 200.
     pub async fn start(binary: &str, args: &[String], envs: &[(String, String)]) -> Service {
         let s = Service::spawn(binary, args, envs).await;
@@ -63,6 +73,13 @@ impl Service {
             .tempdir()
             .expect("temp dir");
         let mut all_args = vec!["--listen".to_string(), addr.to_string()];
+        let ops_addr = if WITH_OPS_PORT.contains(&binary) {
+            let ops = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            all_args.extend(["--ops-listen".to_string(), ops.to_string()]);
+            ops
+        } else {
+            addr
+        };
         all_args.extend_from_slice(args);
         let mut all_envs = vec![("RUST_LOG".to_string(), "info,natter=debug".to_string())];
         all_envs.extend_from_slice(envs);
@@ -76,11 +93,12 @@ impl Service {
         .expect("spawn service");
         let s = Service {
             addr,
+            ops_addr,
             proc,
             _dir: dir,
         };
         let alive = eventually(WAIT, || async move {
-            matches!(http::get(addr, "/healthz", &[]).await, Ok(r) if r.status == 200)
+            matches!(http::get(ops_addr, "/healthz", &[]).await, Ok(r) if r.status == 200)
         })
         .await;
         assert!(
@@ -94,7 +112,7 @@ impl Service {
 
     /// Wait until `/readyz` answers 200; panics with the log otherwise.
     pub async fn wait_ready(&self, timeout: Duration) {
-        let addr = self.addr;
+        let addr = self.ops_addr;
         let ok = eventually(timeout, || async move {
             matches!(http::get(addr, "/readyz", &[]).await, Ok(r) if r.status == 200)
         })
@@ -120,14 +138,18 @@ impl Service {
         self.proc.log()
     }
 
-    /// The status of `GET path`, or `None` when nothing answers.
+    /// The status of `GET path` on the operations port, or `None` when nothing answers.
     pub async fn status(&self, path: &str) -> Option<u16> {
-        http::get(self.addr, path, &[]).await.ok().map(|r| r.status)
+        http::get(self.ops_addr, path, &[])
+            .await
+            .ok()
+            .map(|r| r.status)
     }
 
-    /// A metric's value from `/metrics` (first sample whose line starts with `name`).
+    /// A metric's value from `/metrics` on the operations port (first sample whose line
+    /// starts with `name`).
     pub async fn metric(&self, name: &str) -> Option<f64> {
-        let r = http::get(self.addr, "/metrics", &[]).await.ok()?;
+        let r = http::get(self.ops_addr, "/metrics", &[]).await.ok()?;
         r.text().lines().find_map(|l| {
             let (k, v) = l.rsplit_once(' ')?;
             (k == name).then(|| v.parse().ok()).flatten()

@@ -29,6 +29,12 @@ fn assert_refused(data: &DataDir, r: &http::Response, status: u16, reason: &str,
     assert!(!data.holds(uuid), "{uuid}: something was kept");
 }
 
+/// (case, token, userName, userId, status, reason)
+type UploadCase<'a> = (&'a str, Option<String>, &'a str, &'a str, u16, &'a str);
+
+/// (Range, status, the file's bytes sent when 206)
+type RangeCase<'a> = (&'a str, u16, Option<(usize, usize)>);
+
 fn file_body(msg: &Value, content: &[u8]) -> Vec<u8> {
     multipart_ordered(Some(&msg.to_string()), Some(("a.bin", content)), true)
 }
@@ -55,8 +61,7 @@ async fn uploads_the_token_does_not_allow_are_refused_with_nothing_stored_or_ann
         },
     )
     .unwrap();
-    // (case, token, userName, userId, status, reason)
-    let cases: Vec<(&str, Option<String>, &str, &str, u16, &str)> = vec![
+    let cases: Vec<UploadCase> = vec![
         ("no-token", None, "Ann", "u-1", 401, "unauthorized"),
         (
             "expired",
@@ -255,8 +260,7 @@ async fn range_abuse_gets_416_200_or_206_and_never_more_than_the_file() {
     let many: Vec<String> = (0..500).map(|i| format!("{i}-{i}")).collect();
     let many = format!("bytes={}", many.join(","));
     let long = format!("bytes=0-1{}", ",0-1".repeat(1000));
-    // (Range, status, expected body range when 206)
-    let cases: Vec<(&str, u16, Option<(usize, usize)>)> = vec![
+    let cases: Vec<RangeCase> = vec![
         (&many, 200, None),
         (&long, 200, None),
         ("bytes=0-10,5-15", 200, None),

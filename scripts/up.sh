@@ -15,6 +15,7 @@ PG_PORT="${NATTER_PG_PORT:-5433}"
 ENTRY_PORT="${NATTER_ENTRY_PORT:-8080}"
 EDGE_PORTS=("${NATTER_EDGE1_PORT:-8081}" "${NATTER_EDGE2_PORT:-8082}")
 FILESTORE_PORT="${NATTER_FILESTORE_PORT:-8090}"
+FILESTORE_OPS_PORT="${NATTER_FILESTORE_OPS_PORT:-9090}"
 ARCHIVER_PORT="${NATTER_ARCHIVER_PORT:-8091}"
 WEB_PORT="${NATTER_WEB_PORT:-8079}"
 export RUST_LOG="${RUST_LOG:-info}"
@@ -74,7 +75,7 @@ as_pg "$PG_BIN/pg_ctl" -D "$DATA/pg" -l "$LOGS/postgres.log" -w \
 DATABASE_URL="postgres://natter@127.0.0.1:$PG_PORT/postgres"
 
 start archiver "$BIN/natter-archiver" --listen "127.0.0.1:$ARCHIVER_PORT" --nats-url "$NATS_URL" --database-url "$DATABASE_URL"
-start filestore "$BIN/natter-filestore" --listen "127.0.0.1:$FILESTORE_PORT" --nats-url "$NATS_URL" --data-dir "$DATA/files"
+start filestore "$BIN/natter-filestore" --listen "127.0.0.1:$FILESTORE_PORT" --ops-listen "127.0.0.1:$FILESTORE_OPS_PORT" --nats-url "$NATS_URL" --data-dir "$DATA/files"
 for i in 0 1; do
   start "edge-$((i+1))" "$BIN/natter-edge" --listen "127.0.0.1:${EDGE_PORTS[$i]}" --nats-url "$NATS_URL" --node-name "edge-$((i+1))" --auth off
 done
@@ -82,6 +83,7 @@ start entry python3 scripts/lb.py "$ENTRY_PORT" "${EDGE_PORTS[@]}"
 start web python3 -m http.server --bind 127.0.0.1 --directory web "$WEB_PORT"
 wait_port archiver "$ARCHIVER_PORT"
 wait_port filestore "$FILESTORE_PORT"
+wait_port filestore "$FILESTORE_OPS_PORT"
 wait_port edge-1 "${EDGE_PORTS[0]}"
 wait_port edge-2 "${EDGE_PORTS[1]}"
 wait_port entry "$ENTRY_PORT"
@@ -96,7 +98,7 @@ natter is up:
   edge 2                      ws://127.0.0.1:${EDGE_PORTS[1]}/chat   http://127.0.0.1:${EDGE_PORTS[1]}/metrics
   edge authentication         OFF (--auth off): tokens are ignored, any client may claim any userId
                               (local development only; see README "Authentication")
-  filestore (REST)            http://127.0.0.1:$FILESTORE_PORT/images  /files
+  filestore (REST)            http://127.0.0.1:$FILESTORE_PORT/images  /files   http://127.0.0.1:$FILESTORE_OPS_PORT/metrics
   archiver                    http://127.0.0.1:$ARCHIVER_PORT/metrics
   NATS                        $NATS_URL   (monitor http://127.0.0.1:8222)
   Postgres                    $DATABASE_URL

@@ -29,7 +29,7 @@ pub struct Metrics {
     pub history_truncated: Counter,
     pub archive_requests: Counter,
     pub archive_errors: Counter,
-    pub takeovers: Counter,
+    pub shared_names: Counter,
     pub drain_reconnects_sent: Counter,
     pub publish_latency: Histogram,
     pub fanout_latency: Histogram,
@@ -118,9 +118,9 @@ impl Metrics {
                 "natter_edge_archive_errors_total",
                 "History requests to the archiver that failed.",
             ),
-            takeovers: r.counter(
-                "natter_edge_takeovers_total",
-                "Names taken over by a new session of the same userId.",
+            shared_names: r.counter(
+                "natter_edge_shared_names_total",
+                "Joins under a name the same userId already held from another session.",
             ),
             drain_reconnects_sent: r.counter(
                 "natter_edge_drain_reconnects_total",

@@ -223,7 +223,7 @@ async fn every_hostile_frame_gets_its_documented_answer_and_nothing_else_happens
 async fn a_forged_type_and_extra_fields_never_reach_the_room() {
     let nats = NatsServer::start().await;
     let edge = Service::start("natter-edge", &edge_args(&nats, 0, &[]), &[]).await;
-    let (mut ann, _) = joined(&edge, "r", "u1", "Ann").await;
+    let (ann, _) = joined(&edge, "r", "u1", "Ann").await;
     let (mut bob, _) = joined(&edge, "r", "u2", "Bob").await;
     ann.send_json(
         &json!({"jsonrpc":"2.0","method":"textMessage","id":5,"params":{

@@ -96,7 +96,7 @@ impl Session {
         if !claimed.first && rejoined.is_none() {
             // Another session of the same userId holds the name too (tabs, devices, a
             // reconnect racing a half-open socket): both stay.
-            node.metrics.takeovers.inc();
+            node.metrics.shared_names.inc();
         }
         let member_id = node.next_member_id();
         let joined = node

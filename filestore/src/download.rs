@@ -394,3 +394,83 @@ mod tests {
         assert_eq!(v["method"], "imageMessage");
     }
 }
+
+/// Property tests of [`parse_range`]: any header value and any size — never a panic, a
+/// satisfiable range always lies within the file, what cannot be satisfied is 416, and
+/// anything malformed is ignored (the whole file, 200), as the module documents.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sizes() -> impl Strategy<Value = u64> {
+        prop_oneof![0..5u64, 0..2000u64, any::<u64>(), Just(u64::MAX)]
+    }
+
+    fn numbers() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (0..3000u64).prop_map(|n| n.to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            "[0-9]{19,30}",
+            Just(String::new()),
+        ]
+    }
+
+    /// Values shaped like ranges, broken in the usual ways, and arbitrary bytes.
+    fn values() -> impl Strategy<Value = Vec<u8>> {
+        let spec = || (numbers(), numbers()).prop_map(|(a, b)| format!("{a}-{b}"));
+        prop_oneof![
+            spec().prop_map(|s| format!("bytes={s}").into_bytes()),
+            prop::collection::vec(spec(), 1..20)
+                .prop_map(|v| format!("bytes={}", v.join(",")).into_bytes()),
+            "(bytes|BYTES|items)?=? ?[-0-9, ]{0,40}".prop_map(String::into_bytes),
+            prop::collection::vec(any::<u8>(), 0..64),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn ranges_lie_within_the_file_or_are_refused(value in values(), size in sizes()) {
+            let Ok(header) = HeaderValue::from_bytes(&value) else {
+                return Ok(());
+            };
+            match parse_range(&header, size) {
+                Ok(Some((a, b))) => {
+                    prop_assert!(a <= b && b < size, "{}-{} of {}", a, b, size);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    prop_assert_eq!(e.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+                }
+            }
+        }
+
+        #[test]
+        fn single_ranges_follow_the_rfc(a in 0..3000u64, b in 0..3000u64, size in 0..2000u64) {
+            let parse = |s: String| parse_range(&HeaderValue::from_str(&s).unwrap(), size)
+                .map_err(|e| e.status());
+            let unsatisfiable = Err(StatusCode::RANGE_NOT_SATISFIABLE);
+            // a-b
+            let expected = if b < a {
+                Ok(None)
+            } else if a >= size {
+                unsatisfiable
+            } else {
+                Ok(Some((a, b.min(size - 1))))
+            };
+            prop_assert_eq!(parse(format!("bytes={a}-{b}")), expected);
+            // a-
+            let expected = if a >= size { unsatisfiable } else { Ok(Some((a, size - 1))) };
+            prop_assert_eq!(parse(format!("bytes={a}-")), expected);
+            // -b: the last b bytes
+            let expected = if b == 0 || size == 0 {
+                unsatisfiable
+            } else {
+                Ok(Some((size - b.min(size), size - 1)))
+            };
+            prop_assert_eq!(parse(format!("bytes=-{b}")), expected);
+            // Several ranges are served whole.
+            prop_assert_eq!(parse(format!("bytes={a}-{b},0-0")), Ok(None));
+        }
+    }
+}

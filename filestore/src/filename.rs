@@ -8,15 +8,25 @@
 
 /// Name used when nothing usable is left.
 const FALLBACK: &str = "file";
+/// Longest display name, in bytes of UTF-8 (longer names are cut at a character boundary;
+/// uploads refuse names over `--max-file-name-bytes` anyway).
+pub const DISPLAY_MAX: usize = 255;
 /// Characters kept in the ASCII fallback (conservative: no quotes, backslashes, `;`, `%`).
 fn ascii_safe(c: char) -> bool {
     c.is_ascii_alphanumeric() || " !#$&'()+,-.=@[]^_`{}~".contains(c)
 }
 
-/// The display name: the last path component, without control characters, trimmed.
+/// The display name: the last path component, without control characters, trimmed, at
+/// most [`DISPLAY_MAX`] bytes.
 pub fn display_name(raw: &str) -> String {
     let last = raw.rsplit(['/', '\\']).next().unwrap_or("");
-    let cleaned: String = last.chars().filter(|c| !c.is_control()).collect();
+    let mut cleaned = String::new();
+    for c in last.chars().filter(|c| !c.is_control()) {
+        if cleaned.len() + c.len_utf8() > DISPLAY_MAX {
+            break;
+        }
+        cleaned.push(c);
+    }
     let trimmed = cleaned.trim().trim_matches('.').trim();
     if trimmed.is_empty() {
         FALLBACK.to_owned()
@@ -84,5 +94,49 @@ mod tests {
         assert_eq!(extension("archive.tar.gz").as_deref(), Some("gz"));
         assert_eq!(extension("noext"), None);
         assert_eq!(extension(".bashrc"), None);
+    }
+}
+
+/// Property tests: any string a client sends as a file name gives a display name without
+/// separators or control characters, bounded and never empty, and a `Content-Disposition`
+/// that is a valid header value of visible ASCII.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn names() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "[a-z./\\\\ \"%;:\r\n\t\u{0}\u{7f}\u{85}\u{202e}é日]{0,40}",
+            ".{200,400}",
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn names_come_out_safe(raw in names()) {
+            let name = display_name(&raw);
+            prop_assert!(!name.is_empty());
+            prop_assert!(name.len() <= DISPLAY_MAX);
+            prop_assert!(!name.contains(['/', '\\']), "{:?}", name);
+            prop_assert!(!name.chars().any(char::is_control), "{:?}", name);
+            let header = content_disposition(&raw);
+            prop_assert!(header.len() <= 64 + 4 * DISPLAY_MAX);
+            prop_assert!(
+                header.bytes().all(|b| b == b' ' || b.is_ascii_graphic()),
+                "{:?}",
+                header
+            );
+            prop_assert!(axum::http::HeaderValue::from_str(&header).is_ok());
+            let quoted = header
+                .strip_prefix("attachment; filename=\"")
+                .and_then(|h| h.split_once("\"; filename*=UTF-8''"));
+            prop_assert!(quoted.is_some(), "{:?}", header);
+            if let Some((ascii, encoded)) = quoted {
+                prop_assert!(!ascii.contains(['"', '\\', ';', '/']));
+                prop_assert!(!encoded.contains(['"', '\\', ';', '/', ' ', '\'']));
+            }
+        }
     }
 }

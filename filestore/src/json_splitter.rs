@@ -398,3 +398,124 @@ mod tests {
         );
     }
 }
+
+/// Property tests: whatever bytes arrive, in whatever chunks, the splitter never panics,
+/// refuses only with its documented errors and only when their conditions hold, and the
+/// chunking never changes the outcome; a well-formed message always splits exactly.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::{json, Map, Value};
+
+    const SKELETON_MAX: usize = 512;
+
+    /// What feeding `body` in pieces cut at `cuts` gives: the error, or the skeleton, the
+    /// payload and whether it was found.
+    fn outcome(body: &[u8], cuts: &[usize]) -> Result<(Vec<u8>, Vec<u8>, bool), BodyError> {
+        let mut s = Splitter::new(SKELETON_MAX);
+        let mut payload = Vec::new();
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
+        points.push(0);
+        points.push(body.len());
+        points.sort_unstable();
+        for w in points.windows(2) {
+            s.feed(&body[w[0]..w[1]], &mut payload)?;
+        }
+        let (skeleton, found) = s.finish();
+        Ok((skeleton, payload, found))
+    }
+
+    fn occurrences(hay: &[u8], needle: &[u8]) -> usize {
+        hay.windows(needle.len()).filter(|w| *w == needle).count()
+    }
+
+    /// Bytes that look like JSON often enough to reach every state.
+    fn jsonish() -> impl Strategy<Value = Vec<u8>> {
+        let token = prop_oneof![
+            Just(b"{".to_vec()),
+            Just(b"}".to_vec()),
+            Just(b"[".to_vec()),
+            Just(b"]".to_vec()),
+            Just(b":".to_vec()),
+            Just(b",".to_vec()),
+            Just(b"\"".to_vec()),
+            Just(b"\\".to_vec()),
+            Just(b"\\u00".to_vec()),
+            Just(b"\"params\"".to_vec()),
+            Just(b"\"base64ImgString\"".to_vec()),
+            Just(b"QUJD".to_vec()),
+            Just(b" ".to_vec()),
+            prop::collection::vec(any::<u8>(), 0..8),
+        ];
+        prop::collection::vec(token, 0..80).prop_map(|t| t.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn chunking_never_changes_the_outcome(
+            body in prop_oneof![prop::collection::vec(any::<u8>(), 0..1500), jsonish()],
+            cuts in prop::collection::vec(any::<usize>(), 0..12),
+        ) {
+            let whole = outcome(&body, &[]);
+            prop_assert_eq!(&outcome(&body, &cuts), &whole);
+            match whole {
+                Err(BodyError::SkeletonTooLarge) => prop_assert!(body.len() > SKELETON_MAX),
+                Err(BodyError::TooDeep) => {
+                    let openers = body.iter().filter(|b| matches!(b, 0x7b | 0x5b)).count();
+                    prop_assert!(openers > MAX_DEPTH, "{} openers", openers);
+                }
+                Err(BodyError::DuplicatePayload) => {
+                    prop_assert!(occurrences(&body, PAYLOAD) >= 2)
+                }
+                Ok((skeleton, payload, found)) => {
+                    prop_assert!(skeleton.len() <= SKELETON_MAX);
+                    prop_assert!(skeleton.len() + payload.len() <= body.len());
+                    if found {
+                        prop_assert!(occurrences(&body, PAYLOAD) >= 1);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn well_formed_messages_split_exactly(
+            extra in prop::collection::btree_map("[a-zA-Z]{1,20}", ".{0,20}", 0..5),
+            payload in "[A-Za-z0-9+/=]{0,300}",
+            escape_slashes in any::<bool>(),
+            payload_first in any::<bool>(),
+            cuts in prop::collection::vec(any::<usize>(), 0..12),
+        ) {
+            let mut params: Map<String, Value> = extra
+                .into_iter()
+                .filter(|(k, _)| k != PARAMS_KEY && k != PAYLOAD_KEY)
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect();
+            let rest = Value::Object(params.clone()).to_string();
+            let mut text = serde_json::to_string(&payload).unwrap_or_default();
+            if escape_slashes {
+                text = text.replace('/', "\\/");
+            }
+            let inner = rest.trim_start_matches('{').trim_end_matches('}');
+            let sep = if inner.is_empty() { "" } else { "," };
+            let params_text = if payload_first {
+                format!("{{\"base64ImgString\":{text}{sep}{inner}}}")
+            } else {
+                format!("{{{inner}{sep}\"base64ImgString\":{text}}}")
+            };
+            let body = format!("{{\"jsonrpc\":\"2.0\",\"params\":{params_text},\"id\":7}}");
+            let (skeleton, got, found) = outcome(body.as_bytes(), &cuts)
+                .map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+            prop_assert!(found);
+            prop_assert_eq!(got, payload.as_bytes());
+            let v: Value = serde_json::from_slice(&skeleton)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            params.insert(PAYLOAD_KEY.into(), json!(""));
+            prop_assert_eq!(&v["params"], &Value::Object(params));
+            prop_assert_eq!(&v["id"], &json!(7));
+        }
+    }
+
+    const PARAMS_KEY: &str = "params";
+    const PAYLOAD_KEY: &str = "base64ImgString";
+}

@@ -611,3 +611,110 @@ mod tests {
         assert!(boundary("application/json; boundary=abc").is_err());
     }
 }
+
+/// Property tests: any bytes in any chunking — never a panic, the same events (data
+/// re-joined) and the same error whatever the chunking, nothing kept beyond the limits;
+/// generated bodies give back exactly their parts.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    const B: &str = "b0undary";
+    const LIMITS: MultipartLimits = MultipartLimits {
+        preamble_max: 64,
+        part_headers_max: 256,
+        parts_max: 4,
+    };
+
+    /// Events with adjacent data joined, or the error; cut at `cuts`.
+    fn outcome(body: &[u8], cuts: &[usize]) -> Result<Vec<Event>, MultipartError> {
+        let mut p = Parser::new(B, LIMITS);
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
+        points.extend([0, body.len()]);
+        points.sort_unstable();
+        let mut events = Vec::new();
+        for w in points.windows(2) {
+            p.feed(&Bytes::copy_from_slice(&body[w[0]..w[1]]), &mut events)?;
+            assert_bounded(p.pending.len(), LIMITS.part_headers_max + 6);
+        }
+        let mut joined: Vec<Event> = Vec::new();
+        for e in events {
+            match (joined.last_mut(), e) {
+                (Some(Event::Data(prev)), Event::Data(d)) => {
+                    *prev = Bytes::from([&prev[..], &d[..]].concat());
+                }
+                (_, e) => joined.push(e),
+            }
+        }
+        Ok(joined)
+    }
+
+    fn assert_bounded(a: usize, b: usize) {
+        assert!(a <= b, "{a} > {b}");
+    }
+
+    fn bodyish() -> impl Strategy<Value = Vec<u8>> {
+        let token = prop_oneof![
+            Just(format!("--{B}").into_bytes()),
+            Just(format!("\r\n--{B}").into_bytes()),
+            Just(b"\r\n".to_vec()),
+            Just(b"--".to_vec()),
+            Just(b"Content-Disposition: form-data; name=\"files[]\"".to_vec()),
+            Just(b"\r\n\r\n".to_vec()),
+            prop::collection::vec(any::<u8>(), 0..8),
+        ];
+        prop::collection::vec(token, 0..60).prop_map(|t| t.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn chunking_never_changes_the_outcome(
+            body in prop_oneof![prop::collection::vec(any::<u8>(), 0..600), bodyish()],
+            cuts in prop::collection::vec(any::<usize>(), 0..16),
+        ) {
+            prop_assert_eq!(outcome(&body, &cuts), outcome(&body, &[]));
+        }
+
+        #[test]
+        fn generated_bodies_give_back_their_parts(
+            parts in prop::collection::vec(
+                ("[a-z\\[\\]]{1,10}", prop::collection::vec(any::<u8>(), 0..300)),
+                0..4,
+            ),
+            cuts in prop::collection::vec(any::<usize>(), 0..16),
+        ) {
+            let mut body = Vec::new();
+            for (name, data) in &parts {
+                body.extend_from_slice(
+                    format!("--{B}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n")
+                        .as_bytes(),
+                );
+                body.extend_from_slice(data);
+                body.extend_from_slice(b"\r\n");
+            }
+            body.extend_from_slice(format!("--{B}--\r\n").as_bytes());
+            // Content that happens to hold the delimiter is not a body we can give back.
+            let delim = format!("\r\n--{B}");
+            prop_assume!(parts.iter().all(|(_, d)| {
+                let mut padded = d.clone();
+                padded.extend_from_slice(b"\r\n--");
+                memchr::memmem::find(&padded, delim.as_bytes()).is_none()
+                    && memchr::memmem::find(&[b"\r\n", &d[..]].concat(), delim.as_bytes()).is_none()
+            }));
+            let events = outcome(&body, &cuts).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let mut expected = Vec::new();
+            for (name, data) in &parts {
+                expected.push(Event::Part(PartHead {
+                    name: Some(name.clone()),
+                    ..PartHead::default()
+                }));
+                if !data.is_empty() {
+                    expected.push(Event::Data(Bytes::copy_from_slice(data)));
+                }
+            }
+            expected.push(Event::End);
+            prop_assert_eq!(events, expected);
+        }
+    }
+}

@@ -1,5 +1,8 @@
 //! Checking tokens: the keys a service trusts, the mode it runs in, and why a token is
 //! refused.
+//!
+//! Why ~525 lines: ~225 of checking (one place for every refusal reason) and ~300 of unit
+//! tests covering each reason, algorithm and leeway.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

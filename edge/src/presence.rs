@@ -49,6 +49,9 @@
 //! **Crashes**: a dead edge's session keys and the owner keys only it refreshed expire by
 //! the bucket's TTL. No `userLeft` is sent for those (nobody is left to notice the moment).
 //! A name whose other sessions live on stays held throughout.
+//!
+//! Why ~460 lines: claiming, releasing and refreshing a name are one protocol over the
+//! same keys and revisions; its correctness argument (above) only reads well in one place.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};

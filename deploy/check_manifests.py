@@ -387,6 +387,10 @@ class BinaryInfo:
         self.envs = set(re.findall(r"\[env: ([A-Z0-9_]+)[=\]]", self.help))
         self.has_check_config = "--check-config" in self.flags
 
+    def default(self, flag):
+        m = re.search(re.escape(flag) + r"[ =<].*?\[default: ([^\]]+)\]", self.help, re.S)
+        return m.group(1) if m else None
+
     @classmethod
     def of(cls, path):
         if path not in cls.cache:
@@ -470,6 +474,39 @@ def pre_stop_seconds(c):
     return 0
 
 
+def setting(args, env, info, flag, env_name):
+    """A setting as the binary resolves it: the flag, else the variable, else its default."""
+    for i, a in enumerate(args):
+        if a == flag and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    if env_name in env:
+        return env[env_name]
+    return info.default(flag)
+
+
+def check_addresses(report, w, c, info, args, env):
+    """Both addresses listen on all interfaces on container ports; probes and scrapes go to
+    the operations address (--ops-listen where the binary has one, else --listen)."""
+    pod = w["spec"]["template"]["spec"]
+    listen = setting(args, env, info, "--listen", "NATTER_LISTEN") or ""
+    ops = setting(args, env, info, "--ops-listen", "NATTER_OPS_LISTEN") if "--ops-listen" in info.flags else listen
+    ops = ops or ""
+    for what, addr in (("--listen", listen), ("--ops-listen", ops)):
+        if not report.check(re.fullmatch(r"(0\.0\.0\.0|\[::\]):\d+", addr) is not None, f"{what} {addr} listens on all interfaces"):
+            return
+        report.check(port_exists(int(addr.rsplit(":", 1)[1]), pod), f"{what} port of {addr} is a container port")
+    ops_port = int(ops.rsplit(":", 1)[1])
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        http_get = c.get(probe, {}).get("httpGet")
+        if http_get:
+            report.check(port_number(http_get["port"], pod) == ops_port, f"{probe} goes to the operations address {ops}")
+    ann = w["spec"]["template"]["metadata"].get("annotations", {})
+    if ann.get("prometheus.io/scrape") == "true":
+        report.check(ann.get("prometheus.io/port") == str(ops_port), f"Prometheus scrapes the operations address {ops}")
+
+
 def check_natter_container(m, report, w, c, binary, bin_dir):
     pod = w["spec"]["template"]["spec"]
     env, origin = resolve_env(m, c, report, pod_name=f"{w['metadata']['name']}-0")
@@ -481,11 +518,6 @@ def check_natter_container(m, report, w, c, binary, bin_dir):
             src is not None and src[0] == "configmap" and src[1].startswith(SHARED_CONFIGMAP),
             f"{key} comes from ConfigMap {SHARED_CONFIGMAP}",
         )
-    listen = env.get("NATTER_LISTEN", "")
-    report.check(listen.startswith("0.0.0.0:") or listen.startswith("[::]:"), f"listens on all interfaces ({listen})")
-    if ":" in listen:
-        report.check(port_exists(int(listen.rsplit(":", 1)[1]), pod), f"NATTER_LISTEN port {listen} is a container port")
-
     # The grace period outlasts the drain or shutdown plus the preStop.
     setting, default = SHUTDOWN_SETTING[binary]
     shutdown = str(env.get(setting, default))
@@ -517,6 +549,7 @@ def check_natter_container(m, report, w, c, binary, bin_dir):
     for a in args:
         if a.startswith("--"):
             report.check(a.split("=", 1)[0] in info.flags, f"{binary} knows flag {a.split('=', 1)[0]}")
+    check_addresses(report, w, c, info, args, env)
     referenced = set()
     for v in [e.get("value", "") for e in c.get("env", [])] + c.get("args", []):
         referenced.update(re.findall(r"\$\((\w+)\)", v))
@@ -810,6 +843,7 @@ BREAKAGES = [
     ("a value the binary refuses", lambda d: _env(_container(d, "Deployment", "edge"), "NATTER_MAX_CONNECTIONS", "many"), "--check-config"),
     ("a NetworkPolicy shutting the archiver out of Postgres", lambda d: _obj(d, "NetworkPolicy", "postgres")["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"].update({"app.kubernetes.io/name": "archivers"}), "let archiver pods reach"),
     ("a NetworkPolicy closing the NATS route port", lambda d: _obj(d, "NetworkPolicy", "nats")["spec"]["ingress"].pop(1), "cluster port"),
+    ("probes on the public port", lambda d: _container(d, "Deployment", "filestore")["readinessProbe"]["httpGet"].update({"port": "http"}), "operations address"),
     ("the token key not mounted", lambda d: _container(d, "Deployment", "edge").pop("volumeMounts"), "--check-config"),
     ("stream larger than JetStream's store", lambda d: _set_shared(d, "NATTER_STREAM_MAX_BYTES", str(20 * 1024**3)), "max_file_store"),
     ("NATS_URL to a missing Service", lambda d: _set_shared(d, "NATS_URL", "nats://nats-client:4222"), "NATS_URL"),

@@ -127,6 +127,17 @@ pub fn run_once(
     docker(&refs)
 }
 
+/// Whether the binary in `image` has `flag` (from its `--help`).
+pub fn supports_flag(image: &str, flag: &str) -> bool {
+    let out = run_once(image, &["--help".to_string()], &[], &[]);
+    assert!(
+        out.status.success(),
+        "{image} --help: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).contains(flag)
+}
+
 impl Container {
     /// `docker run -d` of `image` with `args` after the image's entrypoint, as a pod runs
     /// it (see [`run_args`]).

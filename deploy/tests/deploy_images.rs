@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use natter_deploy_check::{
-    metric_names, metrics_promised, run_once, shared_settings, Container, Images,
+    metric_names, metrics_promised, run_once, shared_settings, supports_flag, Container, Images,
 };
 use natter_testkit::client::msg_id;
 use natter_testkit::{eventually, free_port, http, ChatClient, NatsServer, Postgres};
@@ -51,6 +51,21 @@ fn settings(nats_url: &str) -> Vec<(String, String)> {
         format!("{AUTH_DIR}/hs256-secret"),
     ));
     env
+}
+
+/// `--listen` on a free loopback port, and `--ops-listen` on another where the image's
+/// binary has a separate operations address (as the pods give it): (args, public address,
+/// operations address).
+fn listen_args(image: &str) -> (Vec<String>, SocketAddr, SocketAddr) {
+    let public = loopback(free_port());
+    let mut args = vec!["--listen".to_string(), public.to_string()];
+    if supports_flag(image, "--ops-listen") {
+        let ops = loopback(free_port());
+        args.extend(["--ops-listen".to_string(), ops.to_string()]);
+        (args, public, ops)
+    } else {
+        (args, public, public)
+    }
 }
 
 async fn wait_ready(c: &Container, addr: SocketAddr) {
@@ -153,54 +168,42 @@ async fn images_serve_chat_uploads_and_archive_and_drain_on_sigterm() {
     .expect("chmod the key");
     let auth_mount = (auth.path().to_path_buf(), "/etc/natter/auth:ro");
 
-    let (archiver_port, filestore_port) = (free_port(), free_port());
-    let edge_ports = [free_port(), free_port()];
+    let (mut args, _, archiver_ops) = listen_args(&images.archiver);
+    args.extend(["--database-url".to_string(), pg.url()]);
     let archiver = Container::run(
         &format!("natter-check-archiver-{tag}"),
         &images.archiver,
-        &[
-            "--listen".into(),
-            loopback(archiver_port).to_string(),
-            "--database-url".into(),
-            pg.url(),
-        ],
+        &args,
         &env,
         &[],
     );
+    let (mut args, fs, filestore_ops) = listen_args(&images.filestore);
+    args.extend(["--data-dir".to_string(), "/data".to_string()]);
     let filestore = Container::run(
         &format!("natter-check-filestore-{tag}"),
         &images.filestore,
-        &[
-            "--listen".into(),
-            loopback(filestore_port).to_string(),
-            "--data-dir".into(),
-            "/data".into(),
-        ],
+        &args,
         &env,
         &[(data_dir, "/data"), auth_mount.clone()],
     );
-    let edges: Vec<Container> = edge_ports
-        .iter()
-        .enumerate()
-        .map(|(i, port)| {
-            Container::run(
-                &format!("natter-check-edge{i}-{tag}"),
-                &images.edge,
-                &[
-                    "--listen".into(),
-                    loopback(*port).to_string(),
-                    "--node-name".into(),
-                    format!("edge-{i}"),
-                ],
-                &env,
-                std::slice::from_ref(&auth_mount),
-            )
-        })
-        .collect();
-    wait_ready(&archiver, loopback(archiver_port)).await;
-    wait_ready(&filestore, loopback(filestore_port)).await;
-    for (c, port) in edges.iter().zip(edge_ports) {
-        wait_ready(c, loopback(port)).await;
+    let mut edges = Vec::new();
+    let mut edge_addrs = Vec::new();
+    for i in 0..2 {
+        let (mut args, public, ops) = listen_args(&images.edge);
+        args.extend(["--node-name".to_string(), format!("edge-{i}")]);
+        edges.push(Container::run(
+            &format!("natter-check-edge{i}-{tag}"),
+            &images.edge,
+            &args,
+            &env,
+            std::slice::from_ref(&auth_mount),
+        ));
+        edge_addrs.push((public, ops));
+    }
+    wait_ready(&archiver, archiver_ops).await;
+    wait_ready(&filestore, filestore_ops).await;
+    for (c, (_, ops)) in edges.iter().zip(&edge_addrs) {
+        wait_ready(c, *ops).await;
     }
 
     // Tokens from the edge image's own `token` command, signed with the mounted key.
@@ -227,7 +230,7 @@ async fn images_serve_chat_uploads_and_archive_and_drain_on_sigterm() {
     let (ann_token, bob_token) = (token("u-ann", "Ann"), token("u-bob", "Bob"));
 
     // NATTER_AUTH=required (natter-config): a join without a token is refused.
-    let mut stranger = ChatClient::connect(&format!("ws://{}/chat", loopback(edge_ports[0])))
+    let mut stranger = ChatClient::connect(&format!("ws://{}/chat", edge_addrs[0].0))
         .await
         .expect("connect to edge 0");
     let refused = stranger
@@ -237,18 +240,12 @@ async fn images_serve_chat_uploads_and_archive_and_drain_on_sigterm() {
     assert_eq!(refused["error"]["code"], json!(-32007), "{refused}");
 
     // Chat: clients on different edges see one message, with its _id.
-    let mut ann = ChatClient::connect(&format!(
-        "ws://{}/chat?token={ann_token}",
-        loopback(edge_ports[0])
-    ))
-    .await
-    .expect("connect to edge 0");
-    let mut bob = ChatClient::connect(&format!(
-        "ws://{}/chat?token={bob_token}",
-        loopback(edge_ports[1])
-    ))
-    .await
-    .expect("connect to edge 1");
+    let mut ann = ChatClient::connect(&format!("ws://{}/chat?token={ann_token}", edge_addrs[0].0))
+        .await
+        .expect("connect to edge 0");
+    let mut bob = ChatClient::connect(&format!("ws://{}/chat?token={bob_token}", edge_addrs[1].0))
+        .await
+        .expect("connect to edge 1");
     let welcome = ann
         .join(ROOM, "u-ann", "Ann", None, false)
         .await
@@ -273,7 +270,6 @@ async fn images_serve_chat_uploads_and_archive_and_drain_on_sigterm() {
     }
 
     // Uploads through the filestore container, onto its volume, announced to the room.
-    let fs = loopback(filestore_port);
     let mut png = vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
     png.extend((0u8..56).map(|i| i.wrapping_mul(37)));
     let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
@@ -388,8 +384,8 @@ async fn images_serve_chat_uploads_and_archive_and_drain_on_sigterm() {
 
     // Every natter_* metric the dashboard and the alert rules use is served.
     let mut served = Vec::new();
-    for port in [edge_ports[0], archiver_port, filestore_port] {
-        served.extend(served_metrics(loopback(port)).await);
+    for ops in [edge_addrs[0].1, archiver_ops, filestore_ops] {
+        served.extend(served_metrics(ops).await);
     }
     let missing: Vec<String> = metrics_promised()
         .into_iter()

@@ -4,6 +4,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use common::*;
 use natter_testkit::{eventually, NatsServer};
@@ -153,4 +154,116 @@ async fn nats_dying_in_the_middle_of_an_upload_gives_503_then_the_retry_succeeds
         .await
         .unwrap();
     assert_eq!(checksum(&r.body), checksum(&file));
+}
+
+#[tokio::test]
+async fn a_full_stream_gives_503_and_the_retry_once_there_is_room_is_announced_once() {
+    let nats = NatsServer::start().await;
+    let data = DataDir::new();
+    let fs = filestore(
+        &nats,
+        &data,
+        &[
+            "--stream-max-bytes",
+            "20000",
+            "--publish-timeout-ms",
+            "2000",
+        ],
+    )
+    .await;
+    // Fill the stream with another room's messages until it refuses one (discard: new).
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let filler = natter_bus::subjects::room(&natter_protocol::token::encode("filler"));
+    let mut stored = 0u64;
+    loop {
+        let ack = js
+            .publish(filler.clone(), vec![b'f'; 1000].into())
+            .await
+            .unwrap()
+            .await;
+        match ack {
+            Ok(_) => stored += 1,
+            Err(e) => {
+                assert!(e.to_string().contains("maximum bytes"), "{e}");
+                break;
+            }
+        }
+        assert!(stored < 100, "the stream never filled up");
+    }
+
+    let file = bytes(5_000, 40);
+    let msg = file_message(ROOM, "when-full", "f.bin", file.len());
+    for _ in 0..2 {
+        let r = post_file(fs.addr, &msg, "f.bin", &file).await;
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert_eq!(json_of(&r)["error"]["reason"], json!("unavailable"));
+        assert_eq!(r.header("retry-after"), Some("1"));
+    }
+    assert_eq!(stream_messages(&nats.url()).await, stored);
+
+    // Room is made (as the archiver's trimmer would), and the client retries.
+    let mut live = Live::room(&nats.url(), ROOM).await;
+    let stream = js.get_stream(natter_bus::subjects::STREAM).await.unwrap();
+    for seq in 1..=5 {
+        stream.delete_message(seq).await.unwrap();
+    }
+    let r = post_file(fs.addr, &msg, "f.bin", &file).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = json_of(&r)["_id"].clone();
+    assert!(id.is_string(), "{}", r.text());
+    let r = post_file(fs.addr, &msg, "f.bin", &file).await;
+    assert_eq!((r.status, json_of(&r)["_id"].clone()), (200, id.clone()));
+    let (seq, note) = live.next(WAIT).await.expect("announcement");
+    assert_eq!(note["params"]["uuid"], json!("when-full"));
+    assert_eq!(json!(seq.to_string()), id);
+    live.assert_silent(Duration::from_millis(500)).await;
+    assert_eq!(stream_messages(&nats.url()).await, stored - 5 + 1);
+    let r = natter_testkit::http::get(fs.addr, "/files/when-full", &[])
+        .await
+        .unwrap();
+    assert_eq!(checksum(&r.body), checksum(&file));
+}
+
+#[tokio::test]
+async fn a_filestore_with_other_stream_settings_reports_drift_and_changes_nothing() {
+    let nats = NatsServer::start().await;
+    let data = DataDir::new();
+    let first = filestore(&nats, &data, &[]).await;
+    let args: Vec<String> = [
+        "--nats-url",
+        &nats.url(),
+        "--data-dir",
+        &data.path().display().to_string(),
+        "--stream-max-bytes",
+        "1048576",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let second = natter_testkit::Service::spawn("natter-filestore", &args, &[]).await;
+    // Not ready, and for that reason (not merely before NATS is reached).
+    let drifted = eventually(WAIT, || async {
+        matches!(natter_testkit::http::get(second.ops_addr, "/readyz", &[]).await,
+            Ok(r) if r.status == 503 && r.text().contains("max_bytes"))
+    })
+    .await;
+    assert!(
+        drifted,
+        "the drifted filestore must not be ready:\n{}",
+        second.log()
+    );
+    assert_eq!(
+        second.metric("natter_filestore_stream_drift").await,
+        Some(1.0)
+    );
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let mut s = js.get_stream("CHAT").await.unwrap();
+    let info = s.info().await.unwrap();
+    assert_eq!(info.config.max_bytes, 10 * 1024 * 1024 * 1024);
+    assert_eq!(first.status("/readyz").await, Some(200));
+    assert_eq!(
+        first.metric("natter_filestore_stream_drift").await,
+        Some(0.0)
+    );
 }

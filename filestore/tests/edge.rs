@@ -58,3 +58,69 @@ async fn members_on_an_edge_receive_upload_notifications_with_an_id() {
         .unwrap();
     assert_eq!(checksum(&r.body), checksum(&file));
 }
+
+#[tokio::test]
+async fn one_secret_serves_edge_and_filestore_and_only_joined_users_may_upload() {
+    let nats = NatsServer::start().await;
+    let data = DataDir::new();
+    let fs = filestore_auth(&nats, &data, &[]).await;
+    let edge_args: Vec<String> = [
+        "--nats-url",
+        &nats.url(),
+        "--auth",
+        "required",
+        "--auth-hs256-secret",
+        SECRET,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let edge = Service::start("natter-edge", &edge_args, &[]).await;
+    let ann_token = token("uid-ann", Some(&[ROOM]), 600);
+    let bob_token = token("uid-bob", Some(&[ROOM]), 600);
+    let mut bob = ChatClient::connect(&format!("{}?token={bob_token}", edge.ws_url()))
+        .await
+        .expect("connect to the edge");
+    bob.join(ROOM, "uid-bob", "Bob", None, false)
+        .await
+        .expect("join");
+
+    // Ann has a valid token but has not joined: she holds no name in the room.
+    let (hk, hv) = bearer(&ann_token);
+    let mut msg = file_message(ROOM, "ann-file", "a.txt", 3);
+    msg["params"]["userId"] = json!("uid-ann");
+    msg["params"]["userName"] = json!("Ann");
+    let body = multipart(Some(&msg.to_string()), Some(("a.txt", b"abc")));
+    let r = post_multipart_with(fs.addr, &body, &[(hk, hv.as_str())]).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(!data.stored("ann-file"));
+
+    // Once she joins through the edge, the same upload goes through and Bob gets it.
+    let mut ann = ChatClient::connect(&format!("{}?token={ann_token}", edge.ws_url()))
+        .await
+        .expect("connect to the edge");
+    ann.join(ROOM, "uid-ann", "Ann", None, false)
+        .await
+        .expect("join");
+    let r = post_multipart_with(fs.addr, &body, &[(hk, hv.as_str())]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let msgs = bob
+        .room_messages(1, Duration::from_secs(10))
+        .await
+        .into_iter()
+        .filter(|m| m["method"] == json!("fileMessage"))
+        .collect::<Vec<_>>();
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    assert_eq!(msgs[0]["params"]["uuid"], json!("ann-file"));
+    assert_eq!(msgs[0]["params"]["userName"], json!("Ann"));
+
+    // Bob may download it with his token; without one, nobody may.
+    let r = natter_testkit::http::get(fs.addr, &format!("/files/ann-file?token={bob_token}"), &[])
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"abc"[..]));
+    let r = natter_testkit::http::get(fs.addr, "/files/ann-file", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+}

@@ -3,9 +3,11 @@
 
 It sends each new connection to the next edge whose /readyz answers 200, so a draining
 edge (readiness failed) gets no new clients: the same contract a Kubernetes Service gives.
-Development use only; in Kubernetes the Service/Ingress does this.
+Readiness is read on the edge's operations port (its --ops-listen): the public port does
+not serve /readyz. Development use only; in Kubernetes the Service/Ingress does this.
 
-usage: lb.py LISTEN_PORT BACKEND_PORT [BACKEND_PORT ...]
+usage: lb.py LISTEN_PORT BACKEND_PORT[:OPS_PORT] [BACKEND_PORT[:OPS_PORT] ...]
+(without :OPS_PORT, readiness is read on BACKEND_PORT itself)
 """
 import asyncio
 import itertools
@@ -16,22 +18,27 @@ HOST = "127.0.0.1"
 
 
 class Backends:
-    def __init__(self, ports):
-        self.ports = ports
-        self.ready = {p: False for p in ports}
-        self.cycle = itertools.cycle(ports)
+    def __init__(self, specs):
+        # "8081:9081" -> public port 8081, readiness on 9081; "8081" -> both on 8081.
+        self.ops = {}
+        for spec in specs:
+            public, _, ops = spec.partition(":")
+            self.ops[int(public)] = int(ops or public)
+        self.ports = list(self.ops)
+        self.ready = {p: False for p in self.ports}
+        self.cycle = itertools.cycle(self.ports)
 
     async def watch(self):
         loop = asyncio.get_running_loop()
         while True:
             for p in self.ports:
-                self.ready[p] = await loop.run_in_executor(None, self.check, p)
+                self.ready[p] = await loop.run_in_executor(None, self.check, self.ops[p])
             await asyncio.sleep(0.5)
 
     @staticmethod
-    def check(port):
+    def check(ops_port):
         try:
-            with urllib.request.urlopen(f"http://{HOST}:{port}/readyz", timeout=1) as r:
+            with urllib.request.urlopen(f"http://{HOST}:{ops_port}/readyz", timeout=1) as r:
                 return r.status == 200
         except Exception:
             return False
@@ -63,7 +70,7 @@ async def pipe(reader, writer):
 
 async def main():
     listen = int(sys.argv[1])
-    backends = Backends([int(p) for p in sys.argv[2:]])
+    backends = Backends(sys.argv[2:])
     asyncio.create_task(backends.watch())
 
     async def handle(cr, cw):

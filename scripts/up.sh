@@ -14,6 +14,7 @@ NATS_PORT="${NATTER_NATS_PORT:-4222}"
 PG_PORT="${NATTER_PG_PORT:-5433}"
 ENTRY_PORT="${NATTER_ENTRY_PORT:-8080}"
 EDGE_PORTS=("${NATTER_EDGE1_PORT:-8081}" "${NATTER_EDGE2_PORT:-8082}")
+EDGE_OPS_PORTS=("${NATTER_EDGE1_OPS_PORT:-9081}" "${NATTER_EDGE2_OPS_PORT:-9082}")
 FILESTORE_PORT="${NATTER_FILESTORE_PORT:-8090}"
 FILESTORE_OPS_PORT="${NATTER_FILESTORE_OPS_PORT:-9090}"
 ARCHIVER_PORT="${NATTER_ARCHIVER_PORT:-8091}"
@@ -77,15 +78,17 @@ DATABASE_URL="postgres://natter@127.0.0.1:$PG_PORT/postgres"
 start archiver "$BIN/natter-archiver" --listen "127.0.0.1:$ARCHIVER_PORT" --nats-url "$NATS_URL" --database-url "$DATABASE_URL"
 start filestore "$BIN/natter-filestore" --listen "127.0.0.1:$FILESTORE_PORT" --ops-listen "127.0.0.1:$FILESTORE_OPS_PORT" --nats-url "$NATS_URL" --data-dir "$DATA/files"
 for i in 0 1; do
-  start "edge-$((i+1))" "$BIN/natter-edge" --listen "127.0.0.1:${EDGE_PORTS[$i]}" --nats-url "$NATS_URL" --node-name "edge-$((i+1))" --auth off
+  start "edge-$((i+1))" "$BIN/natter-edge" --listen "127.0.0.1:${EDGE_PORTS[$i]}" --ops-listen "127.0.0.1:${EDGE_OPS_PORTS[$i]}" --nats-url "$NATS_URL" --node-name "edge-$((i+1))" --auth off
 done
-start entry python3 scripts/lb.py "$ENTRY_PORT" "${EDGE_PORTS[@]}"
+start entry python3 scripts/lb.py "$ENTRY_PORT" "${EDGE_PORTS[0]}:${EDGE_OPS_PORTS[0]}" "${EDGE_PORTS[1]}:${EDGE_OPS_PORTS[1]}"
 start web python3 -m http.server --bind 127.0.0.1 --directory web "$WEB_PORT"
 wait_port archiver "$ARCHIVER_PORT"
 wait_port filestore "$FILESTORE_PORT"
 wait_port filestore "$FILESTORE_OPS_PORT"
 wait_port edge-1 "${EDGE_PORTS[0]}"
 wait_port edge-2 "${EDGE_PORTS[1]}"
+wait_port edge-1 "${EDGE_OPS_PORTS[0]}"
+wait_port edge-2 "${EDGE_OPS_PORTS[1]}"
 wait_port entry "$ENTRY_PORT"
 wait_port web "$WEB_PORT"
 
@@ -94,8 +97,8 @@ cat <<MSG
 natter is up:
   web client                  http://127.0.0.1:$WEB_PORT/   (open it in two browser windows)
   chat (WebSocket, JSON-RPC)  ws://127.0.0.1:$ENTRY_PORT/chat     (balanced over the two edges)
-  edge 1                      ws://127.0.0.1:${EDGE_PORTS[0]}/chat   http://127.0.0.1:${EDGE_PORTS[0]}/metrics
-  edge 2                      ws://127.0.0.1:${EDGE_PORTS[1]}/chat   http://127.0.0.1:${EDGE_PORTS[1]}/metrics
+  edge 1                      ws://127.0.0.1:${EDGE_PORTS[0]}/chat   http://127.0.0.1:${EDGE_OPS_PORTS[0]}/metrics
+  edge 2                      ws://127.0.0.1:${EDGE_PORTS[1]}/chat   http://127.0.0.1:${EDGE_OPS_PORTS[1]}/metrics
   edge authentication         OFF (--auth off): tokens are ignored, any client may claim any userId
                               (local development only; see README "Authentication")
   filestore (REST)            http://127.0.0.1:$FILESTORE_PORT/images  /files   http://127.0.0.1:$FILESTORE_OPS_PORT/metrics

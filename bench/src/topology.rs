@@ -68,6 +68,12 @@ impl Topology {
                 "100000".into(),
                 "--max-connections".into(),
                 "200000".into(),
+                // Every simulated client comes from a few loopback addresses.
+                "--max-connections-per-ip".into(),
+                "200000".into(),
+                // Joins queue behind thousands of connects in the large runs.
+                "--join-timeout-secs".into(),
+                "600".into(),
                 "--drain-timeout-secs".into(),
                 "5".into(),
             ];

@@ -10,11 +10,41 @@ use natter_bus::StreamArgs;
 
 /// natter edge: chat WebSockets in, JetStream out and back.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "natter-edge", version, about)]
+#[command(
+    name = "natter-edge",
+    version,
+    about,
+    mut_arg("ops_listen", |a| a.default_value("127.0.0.1:9080").required(false))
+)]
 pub struct Config {
-    /// Address for WebSockets (/chat) and operations (/healthz, /readyz, /metrics).
+    /// Public address: WebSockets (/chat) only.
     #[arg(long, env = "NATTER_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+
+    /// `--ops-listen` (/healthz, /readyz, /metrics) and the limits of both listeners.
+    #[command(flatten)]
+    pub net: natter_ops::ListenArgs,
+
+    /// Origins whose pages may open a WebSocket, comma-separated (e.g.
+    /// `https://chat.example.com`); an upgrade with another `Origin` gets 403. Empty: any
+    /// origin. An upgrade without `Origin` (not from a browser) is always allowed.
+    #[arg(long, env = "NATTER_ALLOWED_ORIGINS", default_value = "")]
+    pub allowed_origins: String,
+
+    /// Open WebSockets per client IP; further upgrades from that IP get 429.
+    #[arg(long, env = "NATTER_MAX_CONNECTIONS_PER_IP", default_value_t = 200)]
+    pub max_connections_per_ip: usize,
+
+    /// Request header whose first address is the client IP (e.g. `X-Forwarded-For`), when
+    /// every connection comes through a proxy that sets it. Without it the client IP is the
+    /// peer address and such headers are ignored.
+    #[arg(long, env = "NATTER_TRUSTED_PROXY_HEADER")]
+    pub trusted_proxy_header: Option<String>,
+
+    /// Seconds a WebSocket may stay open without a room joined; then it is closed with
+    /// 1008.
+    #[arg(long, env = "NATTER_JOIN_TIMEOUT_SECS", default_value_t = 30)]
+    pub join_timeout_secs: u64,
 
     /// NATS server URL(s), comma-separated.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
@@ -185,6 +215,11 @@ impl natter_ops::ServiceConfig for Config {
             ("--ping-interval-secs", self.ping_interval_secs as f64),
             ("--idle-timeout-secs", self.idle_timeout_secs as f64),
             ("--tail-check-secs", self.tail_check_secs as f64),
+            (
+                "--max-connections-per-ip",
+                self.max_connections_per_ip as f64,
+            ),
+            ("--join-timeout-secs", self.join_timeout_secs as f64),
         ];
         for (flag, v) in positive {
             if !(v.is_finite() && v > 0.0) {
@@ -197,12 +232,60 @@ impl natter_ops::ServiceConfig for Config {
                     .into(),
             );
         }
+        self.allowed_origins()?;
+        self.trusted_proxy_header()?;
         Verifier::from_args(&self.auth, self.listen)?;
         Ok(())
     }
 }
 
+/// A transport setting that does not parse.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportConfigError {
+    #[error("--allowed-origins: {0:?} is not an origin (scheme://host[:port], e.g. https://chat.example.com)")]
+    Origin(String),
+    #[error("--trusted-proxy-header: {0:?} is not a header name")]
+    ProxyHeader(String),
+}
+
 impl Config {
+    /// `--allowed-origins`, lower-cased, without a trailing `/`; empty allows any origin.
+    pub fn allowed_origins(&self) -> Result<Vec<String>, TransportConfigError> {
+        self.allowed_origins
+            .split(',')
+            .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+            .filter(|o| !o.is_empty())
+            .map(|o| {
+                let host = o
+                    .strip_prefix("https://")
+                    .or_else(|| o.strip_prefix("http://"));
+                match host {
+                    Some(h) if !h.is_empty() && !h.contains(['/', '?', '#', ' ']) => Ok(o),
+                    _ => Err(TransportConfigError::Origin(o)),
+                }
+            })
+            .collect()
+    }
+
+    /// `--trusted-proxy-header`, parsed.
+    pub fn trusted_proxy_header(
+        &self,
+    ) -> Result<Option<axum::http::HeaderName>, TransportConfigError> {
+        self.trusted_proxy_header
+            .as_deref()
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(|h| {
+                axum::http::HeaderName::try_from(h)
+                    .map_err(|_| TransportConfigError::ProxyHeader(h.to_owned()))
+            })
+            .transpose()
+    }
+
+    pub fn join_timeout(&self) -> Duration {
+        Duration::from_secs(self.join_timeout_secs)
+    }
+
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_timeout_secs)
     }
@@ -239,6 +322,42 @@ mod tests {
             ["--rate-per-sec", "0"],
             ["--outbound-queue", "0"],
             ["--idle-timeout-secs", "10"],
+        ] {
+            let c = Config::try_parse_from(["natter-edge", bad[0], bad[1]]).unwrap();
+            assert!(c.validate().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn transport_flags() {
+        let c = Config::try_parse_from(["natter-edge"]).unwrap();
+        assert_eq!(c.net.ops_listen, SocketAddr::from(([127, 0, 0, 1], 9080)));
+        assert!(c.allowed_origins().unwrap().is_empty());
+        assert_eq!(c.trusted_proxy_header().unwrap(), None);
+        assert_eq!((c.max_connections_per_ip, c.join_timeout_secs), (200, 30));
+        let c = Config::try_parse_from([
+            "natter-edge",
+            "--allowed-origins",
+            "https://Chat.example.com/, http://localhost:8079",
+            "--trusted-proxy-header",
+            "X-Forwarded-For",
+        ])
+        .unwrap();
+        assert!(c.validate().is_ok());
+        assert_eq!(
+            c.allowed_origins().unwrap(),
+            ["https://chat.example.com", "http://localhost:8079"]
+        );
+        assert_eq!(
+            c.trusted_proxy_header().unwrap().map(|h| h.to_string()),
+            Some("x-forwarded-for".to_owned())
+        );
+        for bad in [
+            ["--allowed-origins", "chat.example.com"],
+            ["--allowed-origins", "https://a/b"],
+            ["--trusted-proxy-header", "X Forwarded"],
+            ["--join-timeout-secs", "0"],
+            ["--max-connections-per-ip", "0"],
         ] {
             let c = Config::try_parse_from(["natter-edge", bad[0], bad[1]]).unwrap();
             assert!(c.validate().is_err(), "{bad:?}");

@@ -1,6 +1,7 @@
 //! natter edge: terminates chat WebSockets and connects them to rooms through NATS.
 //!
-//! - [`server`]: `/chat`, health and metrics routes, and the SIGTERM drain.
+//! - [`server`]: `/chat` and its door (origins, sockets per IP), and the SIGTERM drain;
+//!   the health and metrics routes are natter-ops', on the separate `--ops-listen` port.
 //! - [`transport`]: one WebSocket on the wire: frames to messages, the write task, pings,
 //!   idle and close.
 //! - [`session`]: one client's protocol state (joined rooms, rate limit, publish acks), one
@@ -32,6 +33,9 @@ use std::sync::Arc;
 pub use config::{Command, Config};
 pub use node::Node;
 
+/// How long HTTP requests in flight (probes, scrapes) get once the drain is over.
+const HTTP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Run an edge until SIGTERM/SIGINT, then drain and return (or run a subcommand).
 pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(Command::Token(t)) = &config.command {
@@ -39,12 +43,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         println!("{jwt}");
         return Ok(());
     }
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let listeners = natter_ops::Listeners::bind(config.listen, &config.net).await?;
     let drain_timeout = config.drain_timeout();
     let node = Node::start(config).await?;
-    tracing::info!(addr = %listener.local_addr()?, node = %node.name, "edge listening");
+    tracing::info!(addr = %listeners.public.local_addr(), ops_addr = %listeners.ops.local_addr(),
+        node = %node.name, "edge listening");
     log_auth(&node.verifier);
-    let app = server::router(node.clone());
+    let app = server::router(node.clone())?;
+    let ops = natter_ops::router(node.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let drainer = {
         let node: Arc<Node> = node.clone();
@@ -54,10 +60,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let _ = stop_tx.send(());
         })
     };
-    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+    // Both ports serve through the drain (`/chat` answers 503, `/readyz` fails), then
+    // close; sockets are the drain's business, not the listener's.
+    let stopped = async move {
         let _ = stop_rx.await;
-    });
-    serve.await?;
+    };
+    listeners.serve(app, ops, stopped, HTTP_GRACE).await;
     drainer.await?;
     Ok(())
 }

@@ -24,6 +24,8 @@ pub enum CloseReason {
     /// The room could not be kept consistent (a gap that could not be repaired), or the
     /// session's name passed to another userId while the edge was cut off: rejoin/resume.
     Resync,
+    /// No room was joined within `--join-timeout-secs` of the upgrade.
+    NoJoin,
     /// The session ended on its own (client closed or the socket failed).
     Done,
 }
@@ -38,6 +40,7 @@ impl CloseReason {
             CloseReason::TooLarge => (1009, "message too large"),
             CloseReason::InvalidUtf8 => (1007, "invalid UTF-8 in a text message"),
             CloseReason::Resync => (1013, "resync: reconnect and resume"),
+            CloseReason::NoJoin => (1008, "no room joined in time"),
             CloseReason::Done => (1000, "bye"),
         }
     }

@@ -12,7 +12,7 @@ const DOC: &str = include_str!("../../METRICS.md");
 const PREFIX: &str = "natter_edge_";
 
 async fn scrape(edge: &Service) -> Exposition {
-    let r = http::get(edge.addr, "/metrics", &[])
+    let r = http::get(edge.ops_addr, "/metrics", &[])
         .await
         .expect("GET /metrics");
     exposition::scraped(r.status, r.header("content-type"), &r.text())

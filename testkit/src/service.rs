@@ -39,7 +39,7 @@ pub fn bin_path(name: &str) -> PathBuf {
 
 /// Services with a public port beside their operations port: they take `--ops-listen`.
 /// (The archiver's `--listen` is its operations port.)
-const WITH_OPS_PORT: [&str; 1] = ["natter-filestore"];
+const WITH_OPS_PORT: [&str; 2] = ["natter-edge", "natter-filestore"];
 
 /// A running natter service.
 pub struct Service {

@@ -129,6 +129,15 @@ async fn run(
             // to answer it, then stop reading.
             finish(&mut reader).await
         }
+        () = no_room_by(&joined, node.config.join_timeout()) => {
+            // Holding a socket costs the edge; one that joins nothing is closed.
+            debug!(join_timeout = ?node.config.join_timeout(), "no room joined in time; closing");
+            outbox.close(CloseReason::NoJoin);
+            if tokio::time::timeout(GRACE, &mut writer).await.is_err() {
+                writer.abort();
+            }
+            finish(&mut reader).await
+        }
         _ = close_requested(&mut close_watch) => {
             // Slow, resync, shutdown...: the writer sends the close frame, unless it is stuck
             // on a socket the client stopped reading, in which case the socket is dropped.
@@ -153,6 +162,15 @@ async fn finish(reader: &mut tokio::task::JoinHandle<ReadEnd>) -> Option<ReadEnd
             reader.abort();
             None
         }
+    }
+}
+
+/// Resolves when `timeout` has passed and no room is joined on the socket (a join still in
+/// progress then does not count); never resolves once one is.
+async fn no_room_by(joined: &JoinedRooms, timeout: Duration) {
+    tokio::time::sleep(timeout).await;
+    if !joined.lock().is_empty() {
+        std::future::pending::<()>().await;
     }
 }
 

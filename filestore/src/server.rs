@@ -43,8 +43,10 @@ pub fn router(state: Shared) -> Router {
 }
 
 /// Headers a browser may read from our responses besides the safelisted ones.
-const EXPOSED: &str =
-    "Content-Disposition, Content-Length, Content-Range, Accept-Ranges, ETag, Retry-After";
+const EXPOSED: &str = concat!(
+    "Content-Disposition, Content-Length, Content-Range, Accept-Ranges, ETag, Retry-After, ",
+    "WWW-Authenticate"
+);
 
 async fn cors(req: Request, next: Next) -> Response {
     let mut resp = next.run(req).await;
@@ -74,7 +76,7 @@ async fn preflight(req: Request) -> Response {
         .filter(|v| v.len() <= 1024)
         .cloned()
         .unwrap_or_else(|| {
-            HeaderValue::from_static("Content-Type, Range, If-None-Match, If-Range")
+            HeaderValue::from_static("Authorization, Content-Type, Range, If-None-Match, If-Range")
         });
     h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allow);
     h.insert(

@@ -227,6 +227,18 @@ async fn image_and_file_round_trip_and_are_announced_once() {
     .unwrap();
     assert_eq!(r.status, 204);
     assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert!(
+        r.header("access-control-allow-headers")
+            .is_some_and(|h| h.contains("Authorization")),
+        "a browser may send its token"
+    );
+    // Every answer, a 404 included, lets a browser read WWW-Authenticate.
+    let r = http::get(fs.addr, "/files/no-such-uuid", &[])
+        .await
+        .unwrap();
+    assert!(r
+        .header("access-control-expose-headers")
+        .is_some_and(|h| h.contains("WWW-Authenticate")));
 
     // Metrics.
     assert_eq!(

@@ -52,3 +52,25 @@ fn an_invalid_configuration_exits_non_zero_with_the_reason() {
     assert_eq!(code, 2);
     assert!(err.contains("xml"), "{err}");
 }
+
+#[test]
+fn auth_settings_are_checked_and_the_secret_never_printed() {
+    let secret = "a-check-config-secret-of-at-least-32-bytes";
+    let (code, out, err) = check(
+        &["--auth", "required", "--max-concurrent-uploads", "8"],
+        &[("NATTER_AUTH_HS256_SECRET", secret)],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains(secret), "{out}");
+    assert!(out.contains("--auth"), "{out}");
+    // A mode that checks tokens needs a key; a short secret is refused.
+    let (code, _, err) = check(&["--auth", "required"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("needs a key"), "{err}");
+    let (code, _, err) = check(&["--auth-hs256-secret", "short"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("32 bytes"), "{err}");
+    // Not on loopback and no key: tokens would be required, so this is refused too.
+    let (code, _, err) = check(&["--listen", "0.0.0.0:8090"], &[]);
+    assert_eq!(code, 2, "{err}");
+}

@@ -404,7 +404,7 @@ fn file_head(msg: &Value) -> Vec<u8> {
 async fn endless_and_bomb_bodies_end_quickly_with_nothing_kept() {
     let nats = NatsServer::start().await;
     let data = DataDir::new();
-    let fs = filestore_auth(
+    let mut fs = filestore_auth(
         &nats,
         &data,
         &[
@@ -538,6 +538,16 @@ async fn endless_and_bomb_bodies_end_quickly_with_nothing_kept() {
             .await,
         Some(2.0)
     );
+    // Megabytes of headers, preamble and floods never made the process grow with them.
+    let pid = fs.proc().pid().expect("filestore pid");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(peak_kib < 64 * 1024, "peak resident set {peak_kib} KiB");
 }
 
 /// Open an upload and leave it hanging after its message part and a little of its file.

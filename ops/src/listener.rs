@@ -53,6 +53,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tower_service::Service as _;
 
+/// Least time between two "connection limit reached" warnings of one listener.
+const LIMIT_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// The listener's limits as flags, for every service's clap `Config` to flatten.
 #[derive(Debug, Clone, clap::Args)]
 pub struct HttpArgs {
@@ -187,16 +190,21 @@ impl Bound {
         tracing::info!(port = what, %addr, max_connections = max,
             header_read_timeout = ?limits.header_read_timeout, idle_timeout = ?limits.idle_timeout,
             "HTTP listener serving");
+        // Saturation is logged at most once per LIMIT_LOG_EVERY, not once per connection.
+        let mut last_warned: Option<tokio::time::Instant> = None;
         loop {
             let permit = match permits.clone().try_acquire_owned() {
                 Ok(p) => p,
                 Err(_) => {
-                    tracing::warn!(
-                        port = what,
-                        %addr,
-                        max_connections = max,
-                        "HTTP connection limit reached: accepting again when one closes"
-                    );
+                    if last_warned.is_none_or(|t| t.elapsed() >= LIMIT_LOG_EVERY) {
+                        last_warned = Some(tokio::time::Instant::now());
+                        tracing::warn!(
+                            port = what,
+                            %addr,
+                            max_connections = max,
+                            "HTTP connection limit reached: accepting again when one closes"
+                        );
+                    }
                     tokio::select! {
                         () = &mut shutdown => break,
                         p = permits.clone().acquire_owned() => match p {

@@ -623,3 +623,64 @@ async fn same_uuid_in_another_room_is_a_conflict() {
     assert_eq!(data.files_under("files").len(), 2);
     assert!(data.files_under("tmp").is_empty());
 }
+
+/// Read one HTTP/1.1 response with a `Content-Length` from `s`: its status and body.
+async fn read_response(s: &mut tokio::net::TcpStream) -> (u16, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut buf).await.expect("read");
+        assert!(
+            n > 0,
+            "connection closed: {}",
+            String::from_utf8_lossy(&raw)
+        );
+        raw.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
+    let status = head[9..12].parse().expect("status");
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("content-length");
+    while raw.len() < head_end + len {
+        let n = s.read(&mut buf).await.expect("read");
+        assert!(n > 0, "connection closed");
+        raw.extend_from_slice(&buf[..n]);
+    }
+    (status, raw[head_end..head_end + len].to_vec())
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_serves_upload_after_upload() {
+    use tokio::io::AsyncWriteExt;
+    let nats = NatsServer::start().await;
+    let data = DataDir::new();
+    let fs = filestore(&nats, &data, &[]).await;
+    let mut s = tokio::net::TcpStream::connect(fs.addr).await.unwrap();
+    for i in 0..3 {
+        let uuid = format!("ka-{i}");
+        let body = multipart(
+            Some(&file_message(ROOM, &uuid, "k.txt", 3).to_string()),
+            Some(("k.txt", b"abc")),
+        );
+        let head = format!(
+            "POST /files HTTP/1.1\r\nHost: {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n",
+            fs.addr,
+            multipart_type(),
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&body).await.unwrap();
+        let (status, body) = tokio::time::timeout(WAIT, read_response(&mut s))
+            .await
+            .expect("an answer on the same connection");
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+    assert_eq!(stream_messages(&nats.url()).await, 3);
+}

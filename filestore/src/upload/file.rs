@@ -2,7 +2,8 @@
 //! (bounded preamble, part headers and part count). The `files[]` part goes to a temporary
 //! blob under the size limit, the `message` part (bounded) is parsed as the `fileMessage`
 //! and authorized as soon as it is complete, other parts are read and dropped within a
-//! small allowance. Reading stops at the closing boundary.
+//! small allowance. Reading stops at the closing boundary (hyper reads the short epilogue
+//! that usually follows, so the connection stays usable: see the keep-alive test).
 
 use axum::body::Bytes;
 use axum::extract::Request;

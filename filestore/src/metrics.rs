@@ -61,6 +61,8 @@ pub struct Metrics {
     pub ready: Gauge,
     /// Settings of the CHAT stream that differ from this service's (sampled at each scrape).
     pub stream_drift: Gauge,
+    /// Uploads being received (sampled at each scrape).
+    pub uploads_in_progress: Gauge,
 }
 
 fn idx(kind: Kind) -> usize {
@@ -119,6 +121,10 @@ impl Metrics {
             "1 while the NATS connection is up.",
         );
         let ready = r.gauge("natter_filestore_ready", "1 while /readyz answers 200.");
+        let uploads_in_progress = r.gauge(
+            "natter_filestore_uploads_in_progress",
+            "Uploads being received, of at most --max-concurrent-uploads.",
+        );
         let stream_drift = r.gauge(
             "natter_filestore_stream_drift",
             "Settings of the CHAT stream that differ from this filestore's; not ready while > 0.",
@@ -145,6 +151,7 @@ impl Metrics {
             nats_connected,
             ready,
             stream_drift,
+            uploads_in_progress,
         }
     }
 

@@ -92,6 +92,9 @@ impl Probe for AppState {
         self.metrics
             .nats_connected
             .set(i64::from(self.nats_connected()));
+        let free = self.uploads.available_permits();
+        let busy = self.limits.max_concurrent_uploads.saturating_sub(free);
+        self.metrics.uploads_in_progress.set(busy as i64);
         if let Some(d) = self.stream_drift.get() {
             self.metrics.stream_drift.set(d.drift().len() as i64);
         }

@@ -590,6 +590,10 @@ async fn uploads_beyond_the_concurrency_cap_get_503_with_retry_after() {
     })
     .await;
     assert!(busy, "a third concurrent upload must be refused");
+    assert_eq!(
+        fs.metric("natter_filestore_uploads_in_progress").await,
+        Some(2.0)
+    );
     let msg = file_message(ROOM, "third", "a.bin", 10);
     let r = post_multipart_with(fs.addr, &file_body(&msg, &bytes(10, 1)), &auth).await;
     assert_eq!(r.status, 503, "{}", r.text());
@@ -613,6 +617,11 @@ async fn uploads_beyond_the_concurrency_cap_get_503_with_retry_after() {
     assert!(clean, "temporary files left: {:?}", data.files_under("tmp"));
     data.assert_empty();
     live.assert_silent(QUIET).await;
+    let idle = eventually(WAIT, || async {
+        fs.metric("natter_filestore_uploads_in_progress").await == Some(0.0)
+    })
+    .await;
+    assert!(idle, "the permits come back");
     let r = post_multipart_with(fs.addr, &file_body(&msg, &bytes(10, 1)), &auth).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let (_, note) = live.next(WAIT).await.expect("announcement");

@@ -211,9 +211,14 @@ impl ChatClient {
     /// Send raw bytes as one text frame, whether or not they are UTF-8.
     pub async fn send_raw_text(&self, data: &[u8]) -> Result<(), String> {
         let mut w = self.writer.lock().await;
-        w.write_frame(Frame::new(true, OpCode::Text, None, Payload::Borrowed(data)))
-            .await
-            .map_err(|e| e.to_string())
+        w.write_frame(Frame::new(
+            true,
+            OpCode::Text,
+            None,
+            Payload::Borrowed(data),
+        ))
+        .await
+        .map_err(|e| e.to_string())
     }
 
     /// Send a binary frame.

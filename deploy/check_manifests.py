@@ -94,14 +94,15 @@ def parse_duration(s):
 
 
 def parse_size(s):
-    """NATS and Kubernetes sizes in bytes: 9GB, 10Gi, 512M, 1024."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*", str(s), re.I)
+    """NATS and Kubernetes sizes in bytes: 9GB (NATS: powers of 1024), 10Gi (Kubernetes:
+    powers of 1024), 10G (Kubernetes: powers of 1000), 1024."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)(B?)\s*", str(s), re.I)
     if not m:
         return None
-    n, unit, binary = float(m.group(1)), m.group(2).upper(), m.group(3)
+    n, unit, binary_i, nats_b = float(m.group(1)), m.group(2).upper(), m.group(3), m.group(4)
     power = "KMGT".index(unit) + 1 if unit else 0
-    # NATS reads KB/MB/GB as powers of 1024, as Kubernetes reads Ki/Mi/Gi.
-    return int(n * (1024**power))
+    base = 1024 if (binary_i or nats_b) else 1000
+    return int(n * (base**power))
 
 
 def parse_nats_conf(text):

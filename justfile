@@ -24,7 +24,13 @@ up: tools build
 test: tools
     cargo build --bins
     cargo test --workspace --exclude natter-deploy-check --no-fail-fast -- --test-threads 2
+    scripts/js-test.sh
     scripts/deploy-check.sh
+
+# The JavaScript client library's tests and the web app's browser tests (headless Chromium).
+js-test: tools
+    cargo build --bins
+    scripts/js-test.sh
 
 # Formatting and lints, as CI would want them.
 lint:

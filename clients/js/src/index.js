@@ -428,7 +428,8 @@ export class NatterClient {
 
   async _sendJoin(r) {
     const resume = r.lastId != null || r.everJoined;
-    const method = resume && this.resumeWith === "reconnect" ? "reconnect" : "joinRoom";
+    const method = resume && this.resumeWith === "reconnect" && !r.forceJoin ? "reconnect" : "joinRoom";
+    r.forceJoin = false;
     const params = { userId: this.userId, userName: r.userName, roomName: r.name };
     if (r.lastId != null) params.lastMessageId = r.lastId;
     if (method === "reconnect" && r.sessionId) params.sessionId = r.sessionId;
@@ -484,7 +485,7 @@ export class NatterClient {
     if (code === ErrorCode.JOIN_RETRY || code === ErrorCode.RECONNECT_FAILED) {
       setTimeout(() => { if (this._rooms.get(r.name) === r && this.state === "open" && !r.joined) this._sendJoin(r); },
         code === ErrorCode.JOIN_RETRY ? 500 + Math.random() * 500 : 0);
-      if (code === ErrorCode.RECONNECT_FAILED) r.lastId = r.lastId; // joinRoom next time
+      if (code === ErrorCode.RECONNECT_FAILED) r.forceJoin = true; // joinRoom next time
       return;
     }
     // Final: the name is taken, the token refused, the request invalid.

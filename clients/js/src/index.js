@@ -102,6 +102,12 @@ export class NatterClient {
     this._typingSent = new Map();
     this._closedByUser = false;
     this._everOpened = false;
+    // A browser that comes back online retries at once instead of waiting out the backoff.
+    if (typeof window !== "undefined" && typeof window.addEventListener === "function") {
+      window.addEventListener("online", () => {
+        if (this.state === "resuming" && !this._closedByUser) { this._attempt = 0; this._open(); }
+      });
+    }
   }
 
   // ---- events ---------------------------------------------------------------------
@@ -159,12 +165,15 @@ export class NatterClient {
     const userName = opts.userName || this.userName;
     if (!userName) return Promise.reject(new TypeError("joinRoom: userName is required"));
     let r = this._rooms.get(room);
+    if (r && r.joined && r.welcome) return Promise.resolve({ ...r.welcome, members: [...r.members] });
+    const fresh = !r;
     if (!r) {
       r = { name: room, userName, token: opts.token || null, joined: false, lastId: null, members: [],
-        seen: new Set(), waiters: [], sessionId: null, node: null };
+        seen: new Set(), waiters: [], sessionId: null, node: null, welcome: null };
       this._rooms.set(room, r);
     }
     const p = new Promise((resolve, reject) => r.waiters.push({ resolve, reject }));
+    if (!fresh) return p; // its join is under way (or waits for the socket)
     if (this.state === "open") this._sendJoin(r);
     else if (this.state === "idle" || this.state === "closed") { this._closedByUser = false; this._open(); }
     return p;
@@ -323,18 +332,24 @@ export class NatterClient {
   async _open() {
     clearTimeout(this._timer);
     if (this._closedByUser) return;
+    const previous = this._ws;
+    this._ws = null;
+    if (previous) { this._detach(previous); try { previous.close(1000, "replaced"); } catch { /* gone */ } }
     const url = this.urls[this._urlIndex % this.urls.length];
     this.url = url;
     this._setState(this._everOpened ? "resuming" : "connecting", { attempt: this._attempt });
+    const gen = (this._gen = (this._gen || 0) + 1);
     let token = null;
     try { token = await this._tokenValue(); } catch (e) { this._emit("error", { error: e, where: "token" }); }
-    if (this._closedByUser) return;
+    if (this._closedByUser || gen !== this._gen) return; // closed, or a newer attempt began
     const full = token ? `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}` : url;
     let ws;
+    this._wasOpen = false;
     try { ws = new this._WebSocket(full); } catch (e) { this._scheduleReconnect(); return; }
     this._ws = ws;
     ws.onopen = () => {
       if (this._ws !== ws) return;
+      this._wasOpen = true;
       this._everOpened = true;
       this.node = null;
       this._setState("open");
@@ -369,7 +384,10 @@ export class NatterClient {
     if (this._closedByUser) return;
     if (this._rooms.size === 0 && this._outbox.size === 0) { this._setState("idle"); return; }
     this._urlIndex++;
-    this._scheduleReconnect(RESUME_CODES.has(code) && this._attempt === 0 ? 0 : undefined);
+    // A working socket that dropped is resumed at once; failures to connect back off.
+    const wasOpen = this._wasOpen;
+    this._wasOpen = false;
+    this._scheduleReconnect(wasOpen && RESUME_CODES.has(code) && this._attempt === 0 ? 0 : undefined);
   }
 
   _scheduleReconnect(delayMs) {
@@ -505,6 +523,7 @@ export class NatterClient {
     this.node = p.node;
     r.members = [...new Set(p.members || [])].sort();
     const info = { room: r.name, node: p.node, sessionId: p.sessionId, members: [...r.members], lastMessageId: p.lastMessageId ?? null };
+    r.welcome = info;
     this._emit("welcome", info);
     this._emit("members", { room: r.name, members: [...r.members] });
     this._setState("open");

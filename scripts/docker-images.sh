@@ -24,3 +24,5 @@ for svc in edge archiver filestore; do
   fi
   echo "natter-$svc:$tag $(docker image inspect --format '{{.Size}}' "natter-$svc:$tag" | awk '{printf "%.0f MB", $1/1e6}')"
 done
+# Images replaced by this build (untagged now) would pile up in the data root, run after run.
+docker image prune --force >/dev/null

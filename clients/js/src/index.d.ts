@@ -40,6 +40,11 @@ export interface NatterOptions {
    * older system's `reconnect` (never announces).
    */
   resumeWith?: "joinRoom" | "reconnect";
+  /**
+   * The client's own send rate, kept under the edge's per-socket limit (50/s, burst 100 by
+   * default) so that messages are not refused and stay in order. Default 40/s, burst 80.
+   */
+  rate?: { perSec?: number; burst?: number };
   /** Default page size of getHistory. Default 50. */
   historyLimit?: number;
 }

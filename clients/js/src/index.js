@@ -85,6 +85,8 @@ export class NatterClient {
     this.pingIntervalMs = options.pingIntervalMs ?? 20000;
     this.resumeWith = options.resumeWith || "joinRoom";
     this.historyLimit = options.historyLimit ?? 50;
+    this.rate = { perSec: 40, burst: 80, ...(options.rate || {}) };
+    this._bucket = { tokens: this.rate.burst, at: Date.now() };
 
     this.state = "idle"; // idle | connecting | open | resuming | closed
     this.node = null;
@@ -212,10 +214,10 @@ export class NatterClient {
       ack: false, uuid, date: Date.now() };
     let resolve, reject;
     const done = new Promise((a, b) => { resolve = a; reject = b; });
-    const m = { uuid, room, params, resolve, reject, sentAt: 0, attempts: 0, retryTimer: null };
+    const m = { uuid, room, params, resolve, reject, sentAt: 0, attempts: 0, retryTimer: null, inFlight: false };
     this._outbox.set(uuid, m);
     this._emit("queued", { room, uuid, text: params.text, offline: !(this.state === "open" && r.joined) });
-    if (this.state === "open" && r.joined) this._transmit(m);
+    this._pump(room);
     return { uuid, done };
   }
 
@@ -378,7 +380,8 @@ export class NatterClient {
     if (ws) this._detach(ws);
     this._stopPing();
     for (const r of this._rooms.values()) r.joined = false;
-    for (const m of this._outbox.values()) clearTimeout(m.retryTimer);
+    for (const m of this._outbox.values()) { clearTimeout(m.retryTimer); m.inFlight = false; }
+    for (const r of this._rooms.values()) clearTimeout(r.pumpTimer);
     this._failRequests(new NatterError(0, `disconnected (${code})`));
     this._emit("disconnected", { code, reason: reason || "", url: this.url, node: this.node });
     if (this._closedByUser) return;
@@ -496,7 +499,7 @@ export class NatterClient {
       r.everJoined = true;
       this._attempt = 0;
       // Anything waiting for this room goes out now, once, with its uuid.
-      for (const msg of this._outbox.values()) if (msg.room === r.name) this._transmit(msg);
+      this._pump(r.name);
       return;
     }
     const { code, message } = m.error;
@@ -564,6 +567,36 @@ export class NatterClient {
     this._emit("message", msg);
   }
 
+  /**
+   * Sends what is due in `room`, oldest first, within the client's own rate (kept under the
+   * edge's per-socket limit, so sends are not refused and stay in order). A refused or
+   * unacknowledged message is sent again, in its place in the queue, with the same uuid.
+   */
+  _pump(roomName) {
+    const r = this._rooms.get(roomName);
+    if (!r) return;
+    clearTimeout(r.pumpTimer);
+    if (!r.joined || this.state !== "open") return;
+    const wait = (r.pauseUntil || 0) - Date.now();
+    if (wait > 0) { r.pumpTimer = setTimeout(() => this._pump(roomName), wait); return; }
+    for (const m of this._outbox.values()) {
+      if (m.room !== roomName || m.inFlight) continue;
+      const t = this._takeToken();
+      if (t > 0) { r.pumpTimer = setTimeout(() => this._pump(roomName), t); return; }
+      if (!this._transmit(m)) return;
+    }
+  }
+
+  /** 0 when a send token was taken, else the ms until one is available. */
+  _takeToken() {
+    const now = Date.now();
+    const b = this._bucket;
+    b.tokens = Math.min(this.rate.burst, b.tokens + ((now - b.at) * this.rate.perSec) / 1000);
+    b.at = now;
+    if (b.tokens >= 1) { b.tokens -= 1; return 0; }
+    return Math.ceil(((1 - b.tokens) * 1000) / this.rate.perSec);
+  }
+
   _transmit(m) {
     clearTimeout(m.retryTimer);
     const id = this._nextId++;
@@ -572,13 +605,16 @@ export class NatterClient {
     m.sentAt = Date.now();
     if (!this._raw({ jsonrpc: "2.0", method: "textMessage", params: m.params, id })) {
       this._requests.delete(id);
-      return; // goes out on the next join of its room
+      return false; // goes out on the next join of its room
     }
+    m.inFlight = true;
     // No echo in time (a lost publish): send it again; the uuid makes it count once.
     m.retryTimer = setTimeout(() => {
-      const r = this._rooms.get(m.room);
-      if (this._outbox.get(m.uuid) === m && r && r.joined && this.state === "open") this._transmit(m);
+      if (this._outbox.get(m.uuid) !== m) return;
+      m.inFlight = false;
+      this._pump(m.room);
     }, this.ackTimeoutMs);
+    return true;
   }
 
   _textAnswer(q, m) {
@@ -586,12 +622,12 @@ export class NatterClient {
     if (!msg || !m.error) return;
     const { code, message } = m.error;
     clearTimeout(msg.retryTimer);
+    msg.inFlight = false;
     if (code === ErrorCode.UNAVAILABLE || code === ErrorCode.RATE_LIMITED || code === ErrorCode.NOT_JOINED) {
       const delay = Math.min(5000, 200 * Math.pow(2, Math.min(msg.attempts, 5))) * (0.5 + Math.random() / 2);
-      msg.retryTimer = setTimeout(() => {
-        const r = this._rooms.get(msg.room);
-        if (this._outbox.get(msg.uuid) === msg && r && r.joined && this.state === "open") this._transmit(msg);
-      }, delay);
+      const r = this._rooms.get(msg.room);
+      if (r) r.pauseUntil = Math.max(r.pauseUntil || 0, Date.now() + delay);
+      this._pump(msg.room);
       return;
     }
     this._outbox.delete(q.uuid);

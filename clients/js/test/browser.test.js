@@ -9,7 +9,7 @@ import fs from "node:fs";
 import path from "node:path";
 import zlib from "node:zlib";
 import { chromium } from "playwright-core";
-import { startStack, ROOT, bounded } from "./support.js";
+import { startStack, ROOT, bounded, makeClient } from "./support.js";
 
 const OUT = process.env.NATTER_JS_TEST_OUT || path.join(ROOT, "target/js-test");
 const CHROMIUM = process.env.NATTER_CHROMIUM || "/usr/bin/chromium";
@@ -234,4 +234,28 @@ test("a taken name shows a clear error", async () => {
   assert.equal(await ann.$('#rooms .room[data-room="Names"] .badge'), null);
   await ann.context().close();
   await other.context().close();
+});
+
+test("history pages upwards: scrolling to the top loads older messages, each once", async () => {
+  const room = "Long History";
+  const bot = makeClient({ url: stack.edges[0].ws, userName: "Archivist" });
+  await bot.joinRoom(room);
+  const sends = [];
+  for (let i = 1; i <= 130; i++) sends.push(bot.send(room, `line ${i}`));
+  await bounded(Promise.all(sends.map((x) => x.done)), T, "130 messages stored");
+  bot.close();
+  const page = await open([1]);
+  await signIn(page, "Reader", room);
+  await waitText(page, "line 130");
+  const first = (await shown(page)).length;
+  assert.equal(first, 100); // what a join replays (--max-messages-history)
+  await page.$eval("#scroller", (s) => { s.scrollTop = 0; s.dispatchEvent(new Event("scroll")); });
+  await waitText(page, "line 1");
+  const msgs = await shown(page);
+  assert.equal(msgs.length, 130);
+  assert.equal(new Set(msgs.map((m) => m.uuid)).size, 130);
+  assert.deepEqual(msgs.map((m) => m.text), Array.from({ length: 130 }, (_, i) => `line ${i + 1}`));
+  await page.waitForSelector("#older", { state: "hidden" });
+  await shot(page, "08-history-paged");
+  await page.context().close();
 });

@@ -130,3 +130,19 @@ test("-32010 retries the same uuid; -32006 fails the send; resumeWith reconnect 
   assert.deepEqual(c.pending().map((p) => p.uuid), [a.uuid]);
   c.close();
 });
+
+test("sends stay under the client's rate (burst, then perSec), in order", async () => {
+  FakeSocket.all = []; FakeSocket.refuse = 0;
+  const c = client({ rate: { perSec: 200, burst: 5 } });
+  const joined = c.joinRoom("r");
+  const s1 = await nextSocket(1);
+  await new Promise((ok) => setImmediate(ok));
+  s1.accept("r", "edge-1", ["Me"]);
+  await joined;
+  const sent = Array.from({ length: 12 }, (_, i) => c.send("r", `m${i}`));
+  const texts = () => s1.sent.filter((m) => m.method === "textMessage");
+  assert.equal(texts().length, 5, "the burst goes out at once");
+  for (let i = 0; i < 400 && texts().length < 12; i++) await new Promise((ok) => setTimeout(ok, 5));
+  assert.deepEqual(texts().map((m) => m.params.text), sent.map((_, i) => `m${i}`));
+  c.close();
+});

@@ -45,7 +45,12 @@ async fn main() {
         .expect("temp dir");
     let archiver = Service::start(
         "natter-archiver",
-        &["--nats-url".into(), nats.url(), "--database-url".into(), pg.url()],
+        &[
+            "--nats-url".into(),
+            nats.url(),
+            "--database-url".into(),
+            pg.url(),
+        ],
         &[],
     )
     .await;
@@ -75,7 +80,10 @@ async fn main() {
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let mut words = line.split_whitespace();
-        let (cmd, i) = (words.next().unwrap_or(""), words.next().and_then(|w| w.parse::<usize>().ok()));
+        let (cmd, i) = (
+            words.next().unwrap_or(""),
+            words.next().and_then(|w| w.parse::<usize>().ok()),
+        );
         let answer = match (cmd, i) {
             ("kill", Some(i)) if i < edges.len() => {
                 edges[i].proc().kill9();

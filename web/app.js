@@ -193,7 +193,7 @@ function select(room) {
   renderRooms();
   renderMembers();
   renderTyping();
-  $("older").hidden = !r.more || r.msgs.size === 0;
+  updateOlder();
   document.body.classList.remove("sidebar-open");
   scrollToBottom(true);
   $("text").focus({ preventScroll: true });
@@ -301,10 +301,9 @@ function onMessage(m) {
   r.msgs.set(m.uuid, e);
   groupWith(r.container.lastElementChild, e);
   r.container.append(e);
-  if (m.room === active) $("older").hidden = !r.more;
   if (m.id && (r.oldestId == null || BigInt(m.id) < BigInt(r.oldestId))) r.oldestId = m.id;
   if (r.typing.has(m.userName)) { clearTimeout(r.typing.get(m.userName)); r.typing.delete(m.userName); renderTyping(); }
-  if (m.room === active) { if (stick || m.mine) scrollToBottom(true); }
+  if (m.room === active) { if (stick || m.mine) scrollToBottom(true); updateOlder(); }
   else if (!m.mine) { r.unread++; renderRooms(); }
 }
 
@@ -313,6 +312,14 @@ function systemLine(room, text) {
   if (!r) return;
   r.container.append(el("div", { class: "sys", text }));
   if (room === active) { scrollToBottom(); renderMembers(); }
+}
+
+/** "Load older" shows while older pages may exist and the conversation fills the view (a join
+ * replays the last 100 messages: a shorter conversation has nothing before it). */
+function updateOlder() {
+  const r = rooms.get(active);
+  const sc = $("scroller");
+  $("older").hidden = !r || !r.more || sc.scrollHeight <= sc.clientHeight + 40;
 }
 
 async function loadOlder() {
@@ -346,7 +353,7 @@ async function loadOlder() {
   } finally {
     r.loadingOlder = false;
     $("load-older").textContent = "Load older messages";
-    $("older").hidden = !r.more;
+    updateOlder();
   }
 }
 
@@ -442,6 +449,11 @@ $("open-sidebar").addEventListener("click", () => document.body.classList.add("s
 $("close-sidebar").addEventListener("click", () => document.body.classList.remove("sidebar-open"));
 $("toggle-members").addEventListener("click", () => document.body.classList.toggle("members-open"));
 $("close-members").addEventListener("click", () => document.body.classList.remove("members-open"));
+// On narrow screens a tap beside an open panel closes it.
+document.querySelector(".chat").addEventListener("click", (e) => {
+  if (e.target.closest("#open-sidebar, #toggle-members")) return;
+  document.body.classList.remove("sidebar-open", "members-open");
+}, true);
 const scroller = $("scroller");
 scroller.addEventListener("dragover", (e) => e.preventDefault());
 scroller.addEventListener("drop", (e) => {

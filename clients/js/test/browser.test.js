@@ -156,6 +156,11 @@ test("two pages on two edges: members, text, image, file; a drain, then a kill; 
   }
   await shot(ann, "02-conversation-desktop");
   await shot(bob, "03-conversation-phone");
+  assert.ok(await bob.isHidden("#older"), "nothing older to load");
+  await bob.click("#open-sidebar");
+  await bob.waitForFunction(() => document.getElementById("sidebar").getBoundingClientRect().left >= 0);
+  await shot(bob, "03b-phone-rooms");
+  await bob.click("#close-sidebar");
 
   // Drain edge-1: Ann moves to edge-2, nothing lost or doubled.
   const drained = stack.command("term 0");

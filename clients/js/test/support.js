@@ -12,10 +12,10 @@ export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "
 export const WAIT_MS = 20000;
 
 /** Start the stack; resolves with `{edges:[{ws,ops}], filestore, command(line), stop()}`. */
-export async function startStack() {
+export async function startStack(env = {}) {
   const bin = process.env.NATTER_JS_HARNESS || path.join(ROOT, "target/debug/natter-js-harness");
   if (!fs.existsSync(bin)) throw new Error(`${bin} is missing: run \`cargo build --bins\` first`);
-  const child = spawn(bin, [], { stdio: ["pipe", "pipe", "inherit"] });
+  const child = spawn(bin, [], { stdio: ["pipe", "pipe", "inherit"], env: { ...process.env, ...env } });
   const lines = createInterface({ input: child.stdout });
   const queue = [];
   const waiting = [];

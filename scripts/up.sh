@@ -81,7 +81,12 @@ for i in 0 1; do
   start "edge-$((i+1))" "$BIN/natter-edge" --listen "127.0.0.1:${EDGE_PORTS[$i]}" --ops-listen "127.0.0.1:${EDGE_OPS_PORTS[$i]}" --nats-url "$NATS_URL" --node-name "edge-$((i+1))" --auth off
 done
 start entry python3 scripts/lb.py "$ENTRY_PORT" "${EDGE_PORTS[0]}:${EDGE_OPS_PORTS[0]}" "${EDGE_PORTS[1]}:${EDGE_OPS_PORTS[1]}"
+# The web app (web/: plain ES modules; web/lib links to the client library in clients/js/src).
 start web python3 -m http.server --bind 127.0.0.1 --directory web "$WEB_PORT"
+WEB_URL="http://127.0.0.1:$WEB_PORT/"
+if [ "$ENTRY_PORT" != 8080 ] || [ "$FILESTORE_PORT" != 8090 ]; then
+  WEB_URL="${WEB_URL}?ws=ws://127.0.0.1:$ENTRY_PORT/chat&files=http://127.0.0.1:$FILESTORE_PORT"
+fi
 wait_port archiver "$ARCHIVER_PORT"
 wait_port filestore "$FILESTORE_PORT"
 wait_port filestore "$FILESTORE_OPS_PORT"
@@ -95,7 +100,7 @@ wait_port web "$WEB_PORT"
 cat <<MSG
 
 natter is up:
-  web client                  http://127.0.0.1:$WEB_PORT/   (open it in two browser windows)
+  web client                  $WEB_URL   (open it in two browser windows)
   chat (WebSocket, JSON-RPC)  ws://127.0.0.1:$ENTRY_PORT/chat     (balanced over the two edges)
   edge 1                      ws://127.0.0.1:${EDGE_PORTS[0]}/chat   http://127.0.0.1:${EDGE_OPS_PORTS[0]}/metrics
   edge 2                      ws://127.0.0.1:${EDGE_PORTS[1]}/chat   http://127.0.0.1:${EDGE_OPS_PORTS[1]}/metrics

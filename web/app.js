@@ -254,8 +254,9 @@ function messageBody(m) {
       box.classList.remove("loading");
       if (!url) { box.textContent = "image unavailable"; return; }
       const stick = nearBottom();
-      const img = el("img", { src: url, alt: m.fileName || "image", loading: "lazy", onload: () => stick && scrollToBottom(true) });
-      box.append(el("a", { href: url, target: "_blank", rel: "noopener" }, img));
+      const img = el("img", { src: url, alt: m.fileName || "image", loading: "lazy", onload: () => stick && scrollToBottom(true),
+        onclick: () => lightbox(url, m), tabindex: "0", role: "button", "aria-label": "Show the image larger" });
+      box.append(img);
     }, () => { box.classList.remove("loading"); box.textContent = "image unavailable"; });
     return box;
   }
@@ -405,6 +406,17 @@ async function upload(kind, file) {
     row.querySelector(".upload-name").textContent = `${file.name}: upload failed (${err.message})`;
     setTimeout(() => row.remove(), 8000);
   }
+}
+
+/** The image full size over the page; a click or Escape closes it. */
+function lightbox(url, m) {
+  const close = () => { box.remove(); document.removeEventListener("keydown", onKey); };
+  const onKey = (e) => { if (e.key === "Escape") close(); };
+  const box = el("div", { class: "lightbox", onclick: close, role: "dialog", "aria-label": "Image" },
+    el("img", { src: url, alt: m.fileName || "image" }),
+    el("div", { class: "lightbox-cap", text: `${m.userName || ""} · ${fmtTime(m)}` }));
+  document.addEventListener("keydown", onKey);
+  document.body.append(box);
 }
 
 function toast(text) {

@@ -1,0 +1,164 @@
+//! Who may manage a room's bots: a member of the room.
+//!
+//! - `--auth off` (local development, what `just up` runs): anyone, no token read.
+//! - `--auth optional`: a request without a token is let through; one with a token is held
+//!   to it as below.
+//! - `--auth required` (the default off loopback): `Authorization: Bearer <jwt>`, verified
+//!   as the edge verifies it (401 otherwise). The token must allow the room (`rooms`
+//!   claim), and its user must hold a name in the room right now, i.e. be joined through an
+//!   edge (the `presence` bucket): the name is the token's `name` claim, or the
+//!   `userName` query parameter (which the token must allow). 403 otherwise.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use axum::http::HeaderMap;
+use natter_auth::{AuthMode, Verifier};
+use natter_protocol::token;
+
+use crate::api::ApiError;
+
+const PRESENCE_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct Access {
+    verifier: Verifier,
+    presence: OnceLock<kv::Store>,
+}
+
+impl Access {
+    pub fn new(verifier: Verifier) -> Access {
+        Access {
+            verifier,
+            presence: OnceLock::new(),
+        }
+    }
+
+    pub fn mode(&self) -> AuthMode {
+        self.verifier.mode()
+    }
+
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    pub fn set_presence(&self, kv: kv::Store) {
+        let _ = self.presence.set(kv);
+    }
+
+    /// Whether this request may manage the bots of `room`.
+    pub async fn authorize(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        room: &str,
+    ) -> Result<(), ApiError> {
+        if self.mode() == AuthMode::Off {
+            return Ok(());
+        }
+        let Some(jwt) = natter_auth::bearer_token(headers) else {
+            return match self.mode() {
+                AuthMode::Required => Err(ApiError::Unauthorized(
+                    natter_auth::AuthError::Missing.to_string(),
+                )),
+                _ => Ok(()),
+            };
+        };
+        let claims = self
+            .verifier
+            .verify(&jwt)
+            .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+        if !claims.allows_room(room) {
+            return Err(ApiError::Forbidden(
+                "the token does not allow this room".into(),
+            ));
+        }
+        let name = query_param(query, "userName")
+            .or_else(|| claims.name.clone())
+            .ok_or_else(|| {
+                ApiError::Forbidden(
+                    "say which name you hold in the room: ?userName=, or a token with a name"
+                        .into(),
+                )
+            })?;
+        if !claims.allows_name(&name) {
+            return Err(ApiError::Forbidden(
+                "the token does not allow this userName".into(),
+            ));
+        }
+        let Some(kv) = self.presence.get() else {
+            return Err(ApiError::Unavailable(
+                "presence is not reachable yet".into(),
+            ));
+        };
+        let (room_token, user_token) = (token::encode(room), token::encode(&name));
+        let lookup = natter_bus::name_holder(kv, &room_token, &user_token);
+        let holder = match tokio::time::timeout(PRESENCE_TIMEOUT, lookup).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => return Err(ApiError::Unavailable(e.to_string())),
+            Err(_) => {
+                return Err(ApiError::Unavailable(format!(
+                    "presence did not answer within {PRESENCE_TIMEOUT:?}"
+                )))
+            }
+        };
+        if holder.as_deref() != Some(claims.sub.as_str()) {
+            return Err(ApiError::Forbidden(
+                "only a member of the room may manage its bots: join it first".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A query parameter's value, percent-decoded.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name).then(|| percent_decode(v)).flatten()
+    })
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params() {
+        assert_eq!(
+            query_param(Some("a=1&userName=Ann%20B"), "userName").as_deref(),
+            Some("Ann B")
+        );
+        assert_eq!(
+            query_param(Some("userName=A+B"), "userName").as_deref(),
+            Some("A B")
+        );
+        assert_eq!(query_param(Some("x=1"), "userName"), None);
+        assert_eq!(query_param(None, "userName"), None);
+        assert_eq!(query_param(Some("userName=%zz"), "userName"), None);
+    }
+}

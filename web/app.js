@@ -103,6 +103,7 @@ function newClient() {
     leaving.set(key, setTimeout(() => { leaving.delete(key); systemLine(room, `${userName} left`); }, 5000));
   });
   client.on("typing", onTyping);
+  client.on("historyTruncated", ({ room }) => systemLine(room, "Some messages from while you were away are not shown (too many to replay)."));
   client.on("sendFailed", ({ uuid, message }) => {
     for (const r of rooms.values()) { const e = r.msgs.get(uuid); if (e) { e.classList.add("failed"); e.querySelector(".state").textContent = `not sent: ${message}`; } }
   });

@@ -186,6 +186,7 @@ export class NatterClient {
     const r = this._rooms.get(room);
     if (!r) return;
     this._rooms.delete(room);
+    clearTimeout(r.pumpTimer);
     for (const [u, m] of this._outbox) if (m.room === room) { this._outbox.delete(u); m.reject(new NatterError(0, "left the room", room)); }
     for (const w of r.waiters) w.reject(new NatterError(0, "left the room", room));
     if (this.state === "open" && r.joined) await this._request("leaveRoom", { roomName: room }).catch(() => {});
@@ -214,6 +215,7 @@ export class NatterClient {
       ack: false, uuid, date: Date.now() };
     let resolve, reject;
     const done = new Promise((a, b) => { resolve = a; reject = b; });
+    done.catch(() => {}); // a send nobody awaits must not become an unhandled rejection
     const m = { uuid, room, params, resolve, reject, sentAt: 0, attempts: 0, retryTimer: null, inFlight: false };
     this._outbox.set(uuid, m);
     this._emit("queued", { room, uuid, text: params.text, offline: !(this.state === "open" && r.joined) });
@@ -231,7 +233,7 @@ export class NatterClient {
     this._raw({ jsonrpc: "2.0", method: "typing", params: { roomName: room } });
   }
 
-  /** Older messages: `{messages, more}` before `_id` `before` (default: the oldest seen). */
+  /** Older messages: `{messages, more}`, the newest `limit` before `_id` `before` (default: the room's newest). */
   async getHistory(room, opts = {}) {
     const params = { roomName: room, limit: opts.limit ?? this.historyLimit };
     if (opts.before != null) params.before = String(opts.before);

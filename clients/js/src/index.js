@@ -238,7 +238,12 @@ export class NatterClient {
     const params = { roomName: room, limit: opts.limit ?? this.historyLimit };
     if (opts.before != null) params.before = String(opts.before);
     const res = await this._request("getHistory", params, room);
-    return { messages: (res.messages || []).map(toMessage), more: !!res.more };
+    const messages = (res.messages || []).map((m) => {
+      const msg = toMessage(m);
+      msg.mine = String(msg.userId) === this.userId;
+      return msg;
+    });
+    return { messages, more: !!res.more };
   }
 
   // ---- uploads ----------------------------------------------------------------------

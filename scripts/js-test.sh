@@ -32,4 +32,4 @@ if [ ! -f node_modules/.natter-lock ] || [ "$(cat node_modules/.natter-lock)" !=
 fi
 
 # One file at a time (each starts its own stack); node's summary ends the output.
-exec node --test --test-concurrency=1 --test-reporter=spec test/unit.test.js test/client.test.js test/auth.test.js test/browser.test.js
+exec node --test --test-concurrency=1 --test-timeout=120000 --test-reporter=spec test/unit.test.js test/client.test.js test/auth.test.js test/browser.test.js

@@ -19,6 +19,8 @@ FILESTORE_PORT="${NATTER_FILESTORE_PORT:-8090}"
 FILESTORE_OPS_PORT="${NATTER_FILESTORE_OPS_PORT:-9090}"
 ARCHIVER_PORT="${NATTER_ARCHIVER_PORT:-8091}"
 WEB_PORT="${NATTER_WEB_PORT:-8079}"
+BOTS_PORT="${NATTER_BOTS_PORT:-8092}"
+BOTS_OPS_PORT="${NATTER_BOTS_OPS_PORT:-9092}"
 export RUST_LOG="${RUST_LOG:-info}"
 
 mkdir -p "$DATA/logs" "$DATA/files" "$DATA/nats"
@@ -76,6 +78,7 @@ as_pg "$PG_BIN/pg_ctl" -D "$DATA/pg" -l "$LOGS/postgres.log" -w \
 DATABASE_URL="postgres://natter@127.0.0.1:$PG_PORT/postgres"
 
 start archiver "$BIN/natter-archiver" --listen "127.0.0.1:$ARCHIVER_PORT" --nats-url "$NATS_URL" --database-url "$DATABASE_URL"
+start bots "$BIN/natter-bots" --listen "127.0.0.1:$BOTS_PORT" --ops-listen "127.0.0.1:$BOTS_OPS_PORT" --nats-url "$NATS_URL" --auth off
 start filestore "$BIN/natter-filestore" --listen "127.0.0.1:$FILESTORE_PORT" --ops-listen "127.0.0.1:$FILESTORE_OPS_PORT" --nats-url "$NATS_URL" --data-dir "$DATA/files"
 for i in 0 1; do
   start "edge-$((i+1))" "$BIN/natter-edge" --listen "127.0.0.1:${EDGE_PORTS[$i]}" --ops-listen "127.0.0.1:${EDGE_OPS_PORTS[$i]}" --nats-url "$NATS_URL" --node-name "edge-$((i+1))" --auth off
@@ -108,6 +111,7 @@ natter is up:
                               (local development only; see README "Authentication")
   filestore (REST)            http://127.0.0.1:$FILESTORE_PORT/images  /files   http://127.0.0.1:$FILESTORE_OPS_PORT/metrics
   archiver                    http://127.0.0.1:$ARCHIVER_PORT/metrics
+  bots (REST, auth off)       http://127.0.0.1:$BOTS_PORT/rooms/<room>/bots   http://127.0.0.1:$BOTS_OPS_PORT/metrics
   NATS                        $NATS_URL   (monitor http://127.0.0.1:8222)
   Postgres                    $DATABASE_URL
   logs                        $LOGS/

@@ -271,7 +271,8 @@ function messageBody(m) {
 }
 
 function messageEl(m, pending) {
-  const e = el("div", { class: `msg${pending ? " pending" : ""}${m.mine ? " mine" : ""}`, "data-uuid": m.uuid, "data-id": m.id || null, "data-user": m.userName, "data-type": m.type },
+  const t = m.ts ? Date.parse(m.ts) : m.date || Date.now();
+  const e = el("div", { class: `msg${pending ? " pending" : ""}${m.mine ? " mine" : ""}`, "data-uuid": m.uuid, "data-id": m.id || null, "data-user": m.userName, "data-type": m.type, "data-t": String(t), title: new Date(t).toLocaleString() },
     avatar(m.userName || "?"),
     el("div", { class: "body" },
       el("div", { class: "meta" }, el("span", { class: "who", text: m.userName || "?" }), el("time", { text: fmtTime(m) }),
@@ -281,7 +282,8 @@ function messageEl(m, pending) {
 }
 
 function groupWith(prev, e) {
-  const same = prev && prev.classList.contains("msg") && prev.dataset.user === e.dataset.user;
+  const same = prev && prev.classList.contains("msg") && prev.dataset.user === e.dataset.user
+    && Math.abs(Number(e.dataset.t) - Number(prev.dataset.t)) < 5 * 60 * 1000;
   e.classList.toggle("cont", !!same);
 }
 

@@ -123,3 +123,22 @@ COPY --from=built /rootfs/usr/local/bin/natter-filestore /usr/local/bin/natter-f
 ENV NATTER_LISTEN=0.0.0.0:8090 NATTER_FILESTORE_DIR=/data
 EXPOSE 8090
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/natter-filestore"]
+
+# ------------------------------------------------------------------ bots (from source)
+# natter-bots builds in its own stage, so the targets above stay as they are.
+FROM ${RUST_IMAGE} AS bots-builder
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bins -p natter-bots \
+    && mkdir -p /out \
+    && cp target/release/natter-bots /out/
+
+FROM rootfs AS bots-built
+COPY --from=bots-builder /out/natter-bots /rootfs/usr/local/bin/natter-bots
+RUN chroot --userspec=10001:10001 /rootfs /usr/local/bin/natter-bots --help >/dev/null
+
+FROM runtime AS bots
+COPY --from=bots-built /rootfs/usr/local/bin/natter-bots /usr/local/bin/natter-bots
+ENV NATTER_LISTEN=0.0.0.0:8092 NATTER_OPS_LISTEN=0.0.0.0:9092
+EXPOSE 8092 9092
+ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/natter-bots"]

@@ -11,6 +11,7 @@
 //! Who may call is [`crate::access`]'s decision.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
@@ -243,7 +244,15 @@ async fn install(
         disabled: false,
         last_failure: None,
     };
-    registry.put(&key, &record).await?;
+    let revision = registry.put(&key, &record).await?;
+    // This replica hears the room's newUser events before the install is answered (other
+    // replicas follow within moments: events are best effort).
+    if !registry
+        .listening_at(revision, Duration::from_secs(2))
+        .await
+    {
+        tracing::warn!(room = %room, bot = %name, "not yet listening to the room's events");
+    }
     tracing::info!(room = %room, bot = %name, replaced = existing.is_some(), installed_seq = record.installed_seq, "bot installed");
     let status = if existing.is_some() {
         StatusCode::OK

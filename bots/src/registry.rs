@@ -11,7 +11,7 @@
 //! Failure counts and the disabled flag live in the record too (compare-and-set updates), so
 //! a bot disabled by one replica is disabled for all, and survives restarts.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -89,6 +89,8 @@ pub struct Registry {
     /// The highest bucket revision the mirror has applied.
     applied: watch::Receiver<u64>,
     loaded: Arc<AtomicBool>,
+    /// The highest revision whose rooms this replica listens to for events.
+    listening: Arc<watch::Sender<u64>>,
 }
 
 impl Registry {
@@ -122,6 +124,7 @@ impl Registry {
             bots: Arc::default(),
             applied,
             loaded: Arc::default(),
+            listening: Arc::new(watch::channel(0).0),
         };
         tokio::spawn(reg.clone().mirror(tx));
         Ok(reg)
@@ -133,6 +136,31 @@ impl Registry {
         bots.get(room_token)
             .map(|m| m.values().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// The rooms (tokens) that have bots.
+    pub fn rooms(&self) -> HashSet<String> {
+        let bots = self.bots.read().unwrap_or_else(|p| p.into_inner());
+        bots.keys().cloned().collect()
+    }
+
+    /// Changes of the mirror (its applied revision).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.applied.clone()
+    }
+
+    /// The event listener follows the bots up to `revision`.
+    pub fn mark_listening(&self, revision: u64) {
+        self.listening.send_modify(|r| *r = (*r).max(revision));
+    }
+
+    /// Wait (up to `timeout`) until this replica listens to the events of the rooms as they
+    /// are at `revision`; whether it does.
+    pub async fn listening_at(&self, revision: u64, timeout: Duration) -> bool {
+        let mut rx = self.listening.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|r| *r >= revision))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Whether the room has any bot.

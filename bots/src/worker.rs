@@ -13,9 +13,10 @@
 //!   userId; messages with either are never triggers.
 //! - **Never before install**: a bot only sees triggers whose stream sequence is above the
 //!   one recorded when it was installed.
-//! - **`newUser`** is never stored: it is read from `live.room.*` by a core subscription in
-//!   the queue group `natter-bots` (one replica gets each), best effort — an event that
-//!   arrives while no replica runs is not seen again.
+//! - **`newUser`** is never stored: it is read from `live.room.<token>` of each room that
+//!   has bots, by core subscriptions in the queue group `natter-bots` (one replica gets
+//!   each event), best effort — an event that arrives while no replica listens is not seen
+//!   again.
 //!
 //! Scripts run on blocking threads (`--script-threads` at once) under the sandbox's limits;
 //! a failure is counted, logged and recorded on the bot, which is disabled after
@@ -274,56 +275,83 @@ impl Worker {
         outcome
     }
 
-    /// Handle `newUser` events from the live subjects until `shutdown`.
+    /// Keep one queue subscription to `live.room.<token>` per room that has bots (rooms
+    /// without bots are not listened to), and hand their `newUser` events to the bots,
+    /// until `shutdown`. Each change of the bots is followed within a bucket revision: the
+    /// revision whose rooms are subscribed is published through the registry.
     pub async fn run_events(
         self: Arc<Self>,
         client: async_nats::Client,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut sub = loop {
-            match client
-                .queue_subscribe(subjects::live("*"), EVENT_QUEUE.into())
-                .await
-            {
-                Ok(s) => break s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "subscribing to room events failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = shutdown.changed() => return,
+        let mut rooms: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+        let mut changes = self.registry.changes();
+        loop {
+            let revision = *changes.borrow_and_update();
+            let wanted = self.registry.rooms();
+            rooms.retain(|room, task| {
+                let keep = wanted.contains(room) && !task.is_finished();
+                if !keep {
+                    task.abort(); // drops the subscription: unsubscribed
+                }
+                keep
+            });
+            let mut complete = true;
+            for room in wanted {
+                if rooms.contains_key(&room) {
+                    continue;
+                }
+                match client
+                    .queue_subscribe(subjects::live(&room), EVENT_QUEUE.into())
+                    .await
+                {
+                    Ok(sub) => {
+                        let task = tokio::spawn(self.clone().room_events(room.clone(), sub));
+                        rooms.insert(room, task);
+                    }
+                    Err(e) => {
+                        complete = false;
+                        tracing::warn!(error = %e, "subscribing to a room's events failed; retrying");
                     }
                 }
             }
-        };
-        loop {
-            let msg = tokio::select! {
-                m = sub.next() => match m { Some(m) => m, None => return },
-                _ = shutdown.changed() => return,
-            };
-            let Some(headers) = msg.headers.as_ref() else {
-                continue;
-            };
-            if headers.get(subjects::HDR_EVENT).map(|v| v.as_str()) != Some("newUser") {
+            if complete && client.flush().await.is_ok() {
+                self.registry.mark_listening(revision);
+            }
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { break },
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+        for (_, task) in rooms {
+            task.abort();
+        }
+    }
+
+    /// The `newUser` events of one room, until its subscription is dropped.
+    async fn room_events(self: Arc<Self>, room_token: String, mut sub: async_nats::Subscriber) {
+        while let Some(msg) = sub.next().await {
+            let is_new_user = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(subjects::HDR_EVENT))
+                .is_some_and(|v| v.as_str() == "newUser");
+            if !is_new_user {
                 continue;
             }
-            let Some(room_token) = msg.subject.as_str().strip_prefix("live.room.") else {
+            let Some(trigger) = parse_event(&msg.payload, &room_token) else {
                 continue;
             };
-            // A bot installed just before the join must be known here too.
-            if let Err(e) = self.registry.caught_up(Duration::from_secs(2)).await {
-                tracing::debug!(error = %e, "handling a newUser event with the bots known so far");
-            }
-            if !self.registry.room_has_bots(room_token) {
+            let bots = self.registry.bots_in(&room_token);
+            if bots.is_empty() {
                 continue;
             }
-            let Some(trigger) = parse_event(&msg.payload, room_token) else {
-                continue;
-            };
             self.metrics.events.inc();
             let key = format!("e:{}", trigger.uuid);
-            for bot in self.registry.bots_in(room_token) {
+            for bot in bots {
                 if !bot.record.disabled {
-                    let _ = self.run_bot(&bot, room_token, &key, &trigger).await;
+                    let _ = self.run_bot(&bot, &room_token, &key, &trigger).await;
                 }
             }
         }

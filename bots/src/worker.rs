@@ -23,6 +23,7 @@
 //! `--failures-to-disable` failures in a row. Nothing a script does stops the worker.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -224,17 +225,37 @@ impl Worker {
                 }
                 continue;
             }
-            for m in msgs {
-                match self.handle_stored(&m).await {
-                    Handled::Done => {
-                        if let Err(e) = m.double_ack().await {
-                            tracing::debug!(error = %e, "ack failed; the trigger will be redelivered");
+            // Triggers wait their turn in the batch: keep their ack timers from running out
+            // meanwhile (a redelivery must stay well inside the stream's dedupe window).
+            let next = AtomicUsize::new(0);
+            let work = async {
+                for (i, m) in msgs.iter().enumerate() {
+                    next.store(i, Ordering::Relaxed);
+                    match self.handle_stored(m).await {
+                        Handled::Done => {
+                            if let Err(e) = m.double_ack().await {
+                                tracing::debug!(error = %e, "ack failed; the trigger will be redelivered");
+                            }
+                        }
+                        Handled::Retry => {
+                            let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
                         }
                     }
-                    Handled::Retry => {
-                        let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                }
+            };
+            let keepalive = async {
+                let mut tick = tokio::time::interval(self.cfg.ack_wait / 3);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    for m in &msgs[next.load(Ordering::Relaxed)..] {
+                        let _ = m.ack_with(AckKind::Progress).await;
                     }
                 }
+            };
+            tokio::select! {
+                _ = work => {}
+                _ = keepalive => {}
             }
         }
     }

@@ -332,19 +332,32 @@ impl Presence {
 
     /// Names currently held in a room (owner keys only).
     pub async fn members(&self, room_token: &str) -> Vec<String> {
-        let filter = subjects::presence_room_filter(room_token);
-        match self.reader.multi_last(&filter, MEMBERS_MAX).await {
-            Ok(msgs) => msgs
-                .into_iter()
-                .filter(|m| m.headers.get("KV-Operation").is_none())
-                .filter_map(|m| serde_json::from_slice::<Owner>(&m.payload).ok())
-                .map(|o| o.user_name)
-                .collect(),
+        match self.members_checked(room_token).await {
+            Ok((names, _)) => names,
             Err(e) => {
                 warn!(error = %e, "listing room members failed");
                 Vec::new()
             }
         }
+    }
+
+    /// Names currently held in a room, and whether the list is complete (a room with more
+    /// than [`MEMBERS_MAX`] names is listed in part).
+    pub async fn members_checked(&self, room_token: &str) -> Result<(Vec<String>, bool), String> {
+        let filter = subjects::presence_room_filter(room_token);
+        let msgs = self
+            .reader
+            .multi_last(&filter, MEMBERS_MAX)
+            .await
+            .map_err(|e| e.to_string())?;
+        let complete = msgs.len() < MEMBERS_MAX;
+        let names = msgs
+            .into_iter()
+            .filter(|m| m.headers.get("KV-Operation").is_none())
+            .filter_map(|m| serde_json::from_slice::<Owner>(&m.payload).ok())
+            .map(|o| o.user_name)
+            .collect();
+        Ok((names, complete))
     }
 
     /// Refresh this edge's session keys and the owner keys it has sessions under, once.

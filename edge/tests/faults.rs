@@ -380,3 +380,54 @@ async fn a_message_refused_while_nats_is_down_is_delivered_once_after_a_retry() 
         "delivered twice"
     );
 }
+
+#[tokio::test]
+async fn a_user_whose_edge_crashed_is_announced_as_left_once_the_name_expires() {
+    let mut s = stack(2, &["--presence-ttl-secs", "3"]).await;
+    let (mut ann, welcome) = joined(&s.edges[0], "r", "u1", "Ann").await;
+    assert_eq!(welcome["params"]["members"], json!(["Ann"]));
+    let (_bob, _) = joined(&s.edges[1], "r", "u2", "Bob").await;
+    let (mut dave, _) = joined(&s.edges[0], "r", "u4", "Dave").await;
+    for name in ["Bob", "Dave"] {
+        ann.next_matching(WAIT, |v| {
+            v["method"] == "newUser" && v["params"]["userName"] == name
+        })
+        .await
+        .expect("newUser");
+    }
+
+    // Dave leaves normally: his edge announces it, and only once.
+    let r = dave.call("leaveRoom", json!({"roomName": "r"})).await;
+    assert_eq!(r["result"], "OK");
+    ann.next_matching(WAIT, |v| {
+        v["method"] == "userLeft" && v["params"]["userName"] == "Dave"
+    })
+    .await
+    .expect("userLeft for Dave");
+
+    // Bob's edge dies: nothing announces him, until his name expires from presence.
+    s.edges[1].proc().kill9();
+    let left = ann
+        .next_matching(WAIT, |v| v["method"] == "userLeft")
+        .await
+        .expect("userLeft for Bob");
+    assert_eq!(left["params"]["userName"], "Bob", "{left}");
+    assert_eq!(left["params"]["roomName"], "r");
+    // A newcomer's member list agrees.
+    let (_carol, welcome) = joined(&s.edges[0], "r", "u3", "Carol").await;
+    let mut members: Vec<String> = welcome["params"]["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    members.sort();
+    assert_eq!(members, vec!["Ann", "Carol"]);
+    // And nobody is announced twice (several presence checks pass meanwhile).
+    let more = ann.drain(Duration::from_secs(3)).await;
+    let dup: Vec<_> = more
+        .iter()
+        .filter(|e| matches!(e, Event::Json(v) if v["method"] == "userLeft"))
+        .collect();
+    assert!(dup.is_empty(), "{dup:?}");
+}

@@ -2,9 +2,11 @@
 //! state machine from it, the reads that repair a gap, and the periodic tail check.
 //!
 //! Every decision (stale, deliver, repair first, which members get what) is the state
-//! machine's; this file only moves bytes between NATS and it. One task per room, so live
+//! machine's; this file only moves bytes between NATS and it. It also keeps the members'
+//! view of who is in the room honest when an edge crashes (see [`Room::check_presence`]). One task per room, so live
 //! messages of a room are handled one at a time, in the order NATS delivers them.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -41,6 +43,9 @@ pub struct Room {
     pub subject: String,
     pub live_subject: String,
     delivery: Mutex<Delivery<Outbox>>,
+    /// Names this edge's members know to be in the room, with how many presence checks in
+    /// a row did not find each (see [`Room::check_presence`]).
+    known_names: Mutex<HashMap<String, u8>>,
     pub(super) started: OnceCell<()>,
     task: Mutex<Option<AbortHandle>>,
 }
@@ -54,6 +59,7 @@ impl Room {
             live_subject: subjects::live(&token),
             token,
             delivery: Mutex::new(Delivery::new(0, buffer_cap)),
+            known_names: Mutex::new(HashMap::new()),
             started: OnceCell::new(),
             task: Mutex::new(None),
         }
@@ -61,6 +67,10 @@ impl Room {
 
     pub(super) fn delivery(&self) -> MutexGuard<'_, Delivery<Outbox>> {
         self.delivery.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn names(&self) -> MutexGuard<'_, HashMap<String, u8>> {
+        self.known_names.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Subscribe first, then read where the room stands in the stream: anything stored after
@@ -77,6 +87,9 @@ impl Room {
             .await
             .map_err(|e| RoomError::Stream(e.to_string()))?;
         self.delivery().start_at(last);
+        if let Ok((names, _)) = deps.presence.members_checked(&self.token).await {
+            self.names().extend(names.into_iter().map(|n| (n, 0)));
+        }
         let span = tracing::info_span!("room", room = %self.name);
         let handle = tokio::spawn(run(self.clone(), deps.clone(), sub).instrument(span));
         let mut task = self.task.lock().unwrap_or_else(|p| p.into_inner());
@@ -179,6 +192,7 @@ impl Room {
         if let Some(kind) = headers.get(subjects::HDR_EVENT) {
             let skip = headers.get(subjects::HDR_USER).map(|v| v.as_str());
             debug!(event = kind.as_str(), "room event");
+            self.note_event(kind.as_str(), &msg.payload);
             let queued = self.delivery().broadcast_event(&msg.payload, skip);
             deps.metrics.frames_out.inc_by(queued);
             return;
@@ -196,6 +210,71 @@ impl Room {
         }
         let stamp = headers.get(subjects::HDR_TIME_STAMP).map(|v| v.as_str());
         self.deliver(deps, seq, &msg.payload, stamp);
+    }
+
+    /// Keep the known names in step with `newUser` / `userLeft`.
+    fn note_event(&self, kind: &str, payload: &[u8]) {
+        let name = serde_json::from_slice::<serde_json::Value>(payload)
+            .ok()
+            .and_then(|v| v["params"]["userName"].as_str().map(str::to_owned));
+        let Some(name) = name else { return };
+        match kind {
+            "newUser" => {
+                self.names().insert(name, 0);
+            }
+            "userLeft" => {
+                self.names().remove(&name);
+            }
+            _ => {}
+        }
+    }
+
+    /// Names whose edge crashed expire from presence without a `userLeft`: a name the members
+    /// know of that two checks in a row did not find in presence is announced as left, to
+    /// this edge's members (every edge with members does the same for its own). A name that
+    /// left normally is announced by its edge and never reaches a second check.
+    async fn check_presence(&self, deps: &RoomDeps) {
+        let (present, complete) = match deps.presence.members_checked(&self.token).await {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(error = %e, "presence check failed");
+                return;
+            }
+        };
+        if !complete {
+            return; // a partial list proves no absence
+        }
+        let present: HashSet<String> = present.into_iter().collect();
+        let gone: Vec<String> = {
+            let mut names = self.names();
+            for n in &present {
+                names.insert(n.clone(), 0);
+            }
+            let mut gone = Vec::new();
+            names.retain(|name, missed| {
+                if present.contains(name) {
+                    return true;
+                }
+                *missed += 1;
+                if *missed >= 2 {
+                    gone.push(name.clone());
+                    return false;
+                }
+                true
+            });
+            gone
+        };
+        for name in gone {
+            info!(user = %name, "name expired from presence (its edge is gone); telling the room");
+            let note = frame::notification(
+                "userLeft",
+                serde_json::json!({"type": "system", "text": format!("{name} has left the room!"),
+                       "roomName": self.name, "userName": name,
+                       "uuid": uuid::Uuid::new_v4().to_string()}),
+            );
+            let queued = self.delivery().broadcast_event(&note, None);
+            deps.metrics.frames_out.inc_by(queued);
+        }
     }
 
     async fn check_tail(&self, deps: &RoomDeps) {
@@ -226,7 +305,10 @@ async fn run(room: Arc<Room>, deps: Arc<RoomDeps>, mut sub: async_nats::Subscrib
                     return;
                 }
             },
-            _ = tick.tick() => Box::pin(room.check_tail(&deps)).await,
+            _ = tick.tick() => {
+                Box::pin(room.check_tail(&deps)).await;
+                Box::pin(room.check_presence(&deps)).await;
+            }
         }
     }
 }

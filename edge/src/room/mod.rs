@@ -22,6 +22,7 @@ pub use live::{Room, RoomError};
 
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
+use crate::presence::Presence;
 
 /// What a room needs from the edge.
 pub struct RoomDeps {
@@ -30,8 +31,11 @@ pub struct RoomDeps {
     pub metrics: Arc<Metrics>,
     /// Frames buffered for a catching-up member before it is closed as slow.
     pub buffer_cap: usize,
-    /// Period of each room's check against the stream's tail.
+    /// Period of each room's check against the stream's tail (and against presence).
     pub tail_check: Duration,
+    /// Who holds which name: a room tells its members about names that vanished without a
+    /// `userLeft` (their edge crashed and the names expired).
+    pub presence: Arc<Presence>,
 }
 
 /// A member's place in a room, held by its session.

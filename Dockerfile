@@ -63,9 +63,10 @@ FROM rootfs AS prebuilt
 ARG PROFILE=release
 # The patterns match nothing where no binaries were built (Cargo.lock keeps the COPY
 # valid); scripts/docker-images.sh refuses to build the prebuilt targets without them.
-COPY Cargo.lock target/${PROFILE}/natter-edg[e] target/${PROFILE}/natter-archive[r] target/${PROFILE}/natter-filestor[e] target/${PROFILE}/natter-strea[m] /prebuilt/
+COPY Cargo.lock target/${PROFILE}/natter-edg[e] target/${PROFILE}/natter-archive[r] target/${PROFILE}/natter-filestor[e] target/${PROFILE}/natter-strea[m] \
+     target/${PROFILE}/natter-bot[s] /prebuilt/
 # Each binary must start inside the runtime's file system, as the runtime's user.
-RUN for b in natter-edge natter-archiver natter-filestore natter-stream; do \
+RUN for b in natter-edge natter-archiver natter-filestore natter-stream natter-bots; do \
         mkdir -p /out/$b; \
         [ -e /prebuilt/$b ] || continue; \
         cp /prebuilt/$b /rootfs/usr/local/bin/ \
@@ -90,6 +91,12 @@ COPY --from=prebuilt /out/natter-filestore/ /usr/local/bin/
 ENV NATTER_LISTEN=0.0.0.0:8090 NATTER_FILESTORE_DIR=/data
 EXPOSE 8090
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/natter-filestore"]
+
+FROM runtime AS bots-prebuilt
+COPY --from=prebuilt /out/natter-bots/ /usr/local/bin/
+ENV NATTER_LISTEN=0.0.0.0:8092 NATTER_OPS_LISTEN=0.0.0.0:9092
+EXPOSE 8092 9092
+ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/natter-bots"]
 
 # ------------------------------------------------------------------ from source
 FROM ${RUST_IMAGE} AS builder

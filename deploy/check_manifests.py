@@ -37,7 +37,7 @@ import tempfile
 
 import yaml
 
-NATTER_BINARIES = {"natter-edge", "natter-archiver", "natter-filestore"}
+NATTER_BINARIES = {"natter-edge", "natter-archiver", "natter-filestore", "natter-bots"}
 # Settings every natter service reads and that must come from the one shared ConfigMap.
 SHARED_KEYS = [
     "NATS_URL",
@@ -47,12 +47,15 @@ SHARED_KEYS = [
     "NATTER_PRESENCE_TTL_SECS",
 ]
 SHARED_CONFIGMAP = "natter-config"
+# Services with an image of their own (Dockerfile targets <svc> and <svc>-prebuilt).
+SERVICES = ("edge", "archiver", "filestore", "bots")
 # How long a natter service may take to stop after SIGTERM, by binary: the setting and
 # its default.
 SHUTDOWN_SETTING = {
     "natter-edge": ("NATTER_DRAIN_TIMEOUT_SECS", 20),
     "natter-archiver": ("NATTER_ARCHIVER_SHUTDOWN_SECS", 20),
     "natter-filestore": ("NATTER_SHUTDOWN_GRACE_SECS", 25),
+    "natter-bots": ("NATTER_SHUTDOWN_GRACE_SECS", 10),
 }
 # Seconds a pod needs after its drain/shutdown ends (close sockets, flush, exit).
 EXIT_MARGIN = 5
@@ -772,7 +775,7 @@ def check_build_files(report, dockerfile, okteto, rendered_okteto):
     report.scope = "Dockerfile"
     with open(dockerfile) as f:
         stages = set(re.findall(r"(?im)^FROM\s+\S+\s+AS\s+(\S+)\s*$", f.read()))
-    for svc in ("edge", "archiver", "filestore"):
+    for svc in SERVICES:
         report.check(svc in stages, f"target {svc} exists")
         report.check(f"{svc}-prebuilt" in stages, f"target {svc}-prebuilt exists")
     report.scope = "okteto.yml"
@@ -783,7 +786,7 @@ def check_build_files(report, dockerfile, okteto, rendered_okteto):
     with open(rendered_okteto) as f:
         images = {c["image"] for d in yaml.safe_load_all(f) if d and d["kind"] in ("Deployment", "StatefulSet")
                   for c in d["spec"]["template"]["spec"]["containers"]}
-    for svc in ("edge", "archiver", "filestore"):
+    for svc in SERVICES:
         b = build.get(svc, {})
         report.check(b.get("target") in stages, f"build.{svc}.target {b.get('target')} is a Dockerfile stage")
         placeholder = f"image: natter-{svc}:okteto"

@@ -66,13 +66,13 @@ target_dir=$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
   | "$TOOLS/venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])') \
   || die "cargo metadata"
 BIN_DIR="$target_dir/$PROFILE"
-for svc in edge archiver filestore stream; do
+for svc in edge archiver filestore bots stream; do
   [ -x "$BIN_DIR/natter-$svc" ] || die "$BIN_DIR/natter-$svc is missing: run cargo build --bins first"
 done
 if [ "$(realpath "$target_dir")" != "$(realpath -m target)" ]; then
   echo "binaries from $BIN_DIR, copied to target/$PROFILE for the image build context"
   mkdir -p "target/$PROFILE"
-  for svc in edge archiver filestore stream; do cp -f "$BIN_DIR/natter-$svc" "target/$PROFILE/"; done
+  for svc in edge archiver filestore bots stream; do cp -f "$BIN_DIR/natter-$svc" "target/$PROFILE/"; done
 fi
 
 step "Cargo.lock is complete (the from-source image build runs cargo build --locked)"
@@ -144,7 +144,7 @@ scripts/docker-images.sh "$base" "$PROFILE" "$TAG" || die "image build"
 # natter-deploy-check has a test target of this name.
 step "the images against real nats-server and Postgres (cargo test --test deploy_images)"
 NATTER_IMAGE_EDGE="natter-edge:$TAG" NATTER_IMAGE_ARCHIVER="natter-archiver:$TAG" \
-  NATTER_IMAGE_FILESTORE="natter-filestore:$TAG" \
+  NATTER_IMAGE_FILESTORE="natter-filestore:$TAG" NATTER_IMAGE_BOTS="natter-bots:$TAG" \
   cargo test --workspace --test deploy_images -- --test-threads 1 || die "image smoke test"
 
 step "done: rendered, validated, cross-checked, images built and run. Not exercised here: kubectl apply and rollouts (only on a real minikube/Okteto)"

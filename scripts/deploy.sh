@@ -32,13 +32,13 @@ deploy_minikube() {
 
   if [ "${NATTER_DEPLOY_PREBUILT:-0}" = 1 ]; then
     cargo build --release --bins
-    for svc in edge archiver filestore; do
+    for svc in edge archiver filestore bots; do
       echo "deploy: building natter-$svc:dev from target/release in the minikube node"
       (eval "$(minikube docker-env)" && DOCKER_BUILDKIT=0 docker build -q --target "$svc-prebuilt" \
         --build-arg BASE=debian:bookworm-slim --build-arg PROFILE=release -t "natter-$svc:dev" .)
     done
   else
-    for svc in edge archiver filestore; do
+    for svc in edge archiver filestore bots; do
       echo "deploy: building natter-$svc:dev from source in the minikube node (the first build compiles the workspace)"
       minikube image build -t "natter-$svc:dev" --build-opt="target=$svc" .
     done
@@ -46,8 +46,8 @@ deploy_minikube() {
 
   "${k[@]}" apply -k k8s/overlays/minikube
   # Same tags as the last deploy: restart so the pods pick up the images just built.
-  "${k[@]}" -n natter rollout restart deployment/edge deployment/archiver deployment/filestore
-  for r in statefulset/nats statefulset/postgres deployment/archiver deployment/filestore deployment/edge; do
+  "${k[@]}" -n natter rollout restart deployment/edge deployment/archiver deployment/filestore deployment/bots
+  for r in statefulset/nats statefulset/postgres deployment/archiver deployment/filestore deployment/bots deployment/edge; do
     "${k[@]}" -n natter rollout status "$r" --timeout="$TIMEOUT" \
       || { "${k[@]}" -n natter get pods,pvc; die "$r did not roll out within $TIMEOUT"; }
   done

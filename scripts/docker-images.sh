@@ -8,11 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 base=$1 profile=$2 tag=$3
-for svc in edge archiver filestore stream; do
+for svc in edge archiver filestore bots stream; do
   bin="target/$profile/natter-$svc"
   [ -x "$bin" ] || { echo "docker-images: $bin is missing: build it first (cargo build --bins, --release for release)" >&2; exit 1; }
 done
-for svc in edge archiver filestore; do
+for svc in edge archiver filestore bots; do
   # The classic builder (no buildx here); its deprecation notice is shown only on failure.
   if ! out=$(DOCKER_BUILDKIT=0 docker build --quiet --target "$svc-prebuilt" \
     --build-arg BASE="$base" --build-arg PROFILE="$profile" \

@@ -22,10 +22,11 @@ pub struct Images {
     pub edge: String,
     pub archiver: String,
     pub filestore: String,
+    pub bots: String,
 }
 
 impl Images {
-    /// From `NATTER_IMAGE_EDGE`, `NATTER_IMAGE_ARCHIVER`, `NATTER_IMAGE_FILESTORE`; panics
+    /// From `NATTER_IMAGE_EDGE`, `_ARCHIVER`, `_FILESTORE` and `_BOTS`; panics
     /// with how to get them when one is missing, and when `docker` cannot reach a daemon.
     pub fn from_env() -> Images {
         let var = |name: &str| {
@@ -37,6 +38,7 @@ impl Images {
             edge: var("NATTER_IMAGE_EDGE"),
             archiver: var("NATTER_IMAGE_ARCHIVER"),
             filestore: var("NATTER_IMAGE_FILESTORE"),
+            bots: var("NATTER_IMAGE_BOTS"),
         };
         let out = docker(&["version", "--format", "{{.Server.Version}}"]);
         assert!(
@@ -45,7 +47,12 @@ impl Images {
             std::env::var("DOCKER_HOST").ok(),
             String::from_utf8_lossy(&out.stderr)
         );
-        for image in [&images.edge, &images.archiver, &images.filestore] {
+        for image in [
+            &images.edge,
+            &images.archiver,
+            &images.filestore,
+            &images.bots,
+        ] {
             let out = docker(&["image", "inspect", "--format", "{{.Id}}", image]);
             assert!(
                 out.status.success(),

@@ -200,7 +200,18 @@ async fn images_serve_chat_uploads_and_archive_and_drain_on_sigterm() {
         ));
         edge_addrs.push((public, ops));
     }
+    // The bots worker: started like the others, it must come up ready with the shared
+    // settings and the key (its scripts are tested in bots/).
+    let (args, _, bots_ops) = listen_args(&images.bots);
+    let bots = Container::run(
+        &format!("natter-check-bots-{tag}"),
+        &images.bots,
+        &args,
+        &env,
+        std::slice::from_ref(&auth_mount),
+    );
     wait_ready(&archiver, archiver_ops).await;
+    wait_ready(&bots, bots_ops).await;
     wait_ready(&filestore, filestore_ops).await;
     for (c, (_, ops)) in edges.iter().zip(&edge_addrs) {
         wait_ready(c, *ops).await;
@@ -397,7 +408,7 @@ async fn images_serve_chat_uploads_and_archive_and_drain_on_sigterm() {
     );
 
     // NATTER_LOG_FORMAT=json (natter-config): every service logs JSON lines.
-    for c in edges.iter().chain([&archiver, &filestore]) {
+    for c in edges.iter().chain([&archiver, &filestore, &bots]) {
         let logs = c.logs();
         let first = logs.lines().find(|l| !l.trim().is_empty());
         let parsed = first.and_then(|l| serde_json::from_str::<Value>(l).ok());

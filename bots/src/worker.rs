@@ -21,6 +21,9 @@
 //! Scripts run on blocking threads (`--script-threads` at once) under the sandbox's limits;
 //! a failure is counted, logged and recorded on the bot, which is disabled after
 //! `--failures-to-disable` failures in a row. Nothing a script does stops the worker.
+//!
+//! Why ~660 lines: the consumer loop, the per-trigger pipeline (run, limit, publish, ack)
+//! and the in-progress acks share one batch's state; splitting them would pass it around.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -14,6 +14,9 @@
 //! (browsers send neither in `multipart/form-data`), and the epilogue after the closing
 //! boundary is never read. I/O, size limits of the parts' contents and what the parts mean
 //! are the caller's (`upload/file.rs`).
+//!
+//! Why ~720 lines: a streaming multipart parser (~470 lines, one state machine) and its unit
+//! and property tests (~250).
 
 use bytes::Bytes;
 

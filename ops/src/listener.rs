@@ -33,6 +33,9 @@
 //!
 //! HTTP/1.1 only (WebSockets need it; nothing natter serves gains from HTTP/2 behind an
 //! ingress). TLS is the ingress's.
+//!
+//! Why ~500 lines: the accept loop, its permits and timeouts and the two-port serving are
+//! one mechanism; ~40 lines are unit tests.
 
 use std::future::Future;
 use std::io;

@@ -22,6 +22,10 @@ for svc in edge archiver filestore bots; do
     echo "docker-images: building natter-$svc failed" >&2
     exit 1
   fi
+  # The prebuilt stages pass through when a binary is missing from the context (so that a
+  # from-source build can use them); here it must be in the image.
+  docker run --rm --network none --entrypoint "/usr/local/bin/natter-$svc" "natter-$svc:$tag" --version >/dev/null \
+    || { echo "docker-images: natter-$svc:$tag has no working /usr/local/bin/natter-$svc" >&2; exit 1; }
   echo "natter-$svc:$tag $(docker image inspect --format '{{.Size}}' "natter-$svc:$tag" | awk '{printf "%.0f MB", $1/1e6}')"
 done
 # Images replaced by this build (untagged now) would pile up in the data root, run after run.

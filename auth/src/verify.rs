@@ -158,6 +158,18 @@ impl Verifier {
             .collect()
     }
 
+    /// What the service's mode makes of a request that carries `token` (or none): `None`
+    /// when the request goes unchecked (mode off, or optional without a token), the claims
+    /// of a valid token, or why it is refused (a missing token in required mode included).
+    pub fn authenticate(&self, token: Option<&str>) -> Result<Option<Claims>, AuthError> {
+        match (self.mode(), token) {
+            (AuthMode::Off, _) => Ok(None),
+            (AuthMode::Required, None) => Err(AuthError::Missing),
+            (AuthMode::Optional, None) => Ok(None),
+            (_, Some(t)) => self.verify(t).map(Some),
+        }
+    }
+
     /// Check a token's signature, `exp` (required) and `nbf` (within the leeway), and read
     /// its claims. The mode is the caller's business: this checks whatever it is given.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
@@ -257,6 +269,36 @@ mod tests {
             ..args()
         };
         Verifier::from_args(&a, LOOPBACK.parse().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn each_mode_decides_what_a_request_without_or_with_a_token_gets() {
+        let with_mode = |mode| {
+            let a = AuthArgs {
+                auth: Some(mode),
+                auth_hs256_secret: Some(SECRET.into()),
+                ..args()
+            };
+            Verifier::from_args(&a, LOOPBACK.parse().unwrap()).unwrap()
+        };
+        let good = mint_hs256(SECRET.as_bytes(), &claims(now() + 600)).unwrap();
+        let off = with_mode(AuthMode::Off);
+        assert!(off.authenticate(None).unwrap().is_none());
+        assert!(off.authenticate(Some("garbage")).unwrap().is_none());
+        let optional = with_mode(AuthMode::Optional);
+        assert!(optional.authenticate(None).unwrap().is_none());
+        assert!(optional.authenticate(Some("garbage")).is_err());
+        assert_eq!(
+            optional.authenticate(Some(&good)).unwrap().unwrap().sub,
+            "u1"
+        );
+        let required = with_mode(AuthMode::Required);
+        assert!(matches!(
+            required.authenticate(None),
+            Err(AuthError::Missing)
+        ));
+        assert!(required.authenticate(Some("garbage")).is_err());
+        assert!(required.authenticate(Some(&good)).unwrap().is_some());
     }
 
     fn claims(exp: u64) -> Claims {

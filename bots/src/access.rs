@@ -53,21 +53,12 @@ impl Access {
         query: Option<&str>,
         room: &str,
     ) -> Result<(), ApiError> {
-        if self.mode() == AuthMode::Off {
-            return Ok(());
-        }
-        let Some(jwt) = natter_auth::bearer_token(headers) else {
-            return match self.mode() {
-                AuthMode::Required => Err(ApiError::Unauthorized(
-                    natter_auth::AuthError::Missing.to_string(),
-                )),
-                _ => Ok(()),
-            };
+        let token = natter_auth::bearer_token(headers);
+        let claims = match self.verifier.authenticate(token.as_deref()) {
+            Ok(Some(c)) => c,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(ApiError::Unauthorized(e.to_string())),
         };
-        let claims = self
-            .verifier
-            .verify(&jwt)
-            .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
         if !claims.allows_room(room) {
             return Err(ApiError::Forbidden(
                 "the token does not allow this room".into(),
@@ -92,16 +83,9 @@ impl Access {
             ));
         };
         let (room_token, user_token) = (token::encode(room), token::encode(&name));
-        let lookup = natter_bus::name_holder(kv, &room_token, &user_token);
-        let holder = match tokio::time::timeout(PRESENCE_TIMEOUT, lookup).await {
-            Ok(Ok(h)) => h,
-            Ok(Err(e)) => return Err(ApiError::Unavailable(e.to_string())),
-            Err(_) => {
-                return Err(ApiError::Unavailable(format!(
-                    "presence did not answer within {PRESENCE_TIMEOUT:?}"
-                )))
-            }
-        };
+        let holder = natter_bus::name_holder(kv, &room_token, &user_token, PRESENCE_TIMEOUT)
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
         if holder.as_deref() != Some(claims.sub.as_str()) {
             return Err(ApiError::Forbidden(
                 "only a member of the room may manage its bots: join it first".into(),

@@ -80,16 +80,18 @@ pub async fn ensure_presence(
 }
 
 /// The userId holding the name `user_token` in room `room_token`, or `None` when the name
-/// is free. (A name whose sessions all died with their edge stays held until the TTL.)
+/// is free; an error when presence cannot be read `within` the bound. (A name whose
+/// sessions all died with their edge stays held until the TTL.)
 pub async fn name_holder(
     kv: &kv::Store,
     room_token: &str,
     user_token: &str,
+    within: std::time::Duration,
 ) -> Result<Option<String>, LookupError> {
     let key = subjects::presence_owner_key(room_token, user_token);
-    let entry = kv
-        .entry(&key)
+    let entry = tokio::time::timeout(within, kv.entry(&key))
         .await
+        .map_err(|_| LookupError(format!("presence did not answer within {within:?}")))?
         .map_err(|e| LookupError(e.to_string()))?;
     Ok(entry
         .filter(|e| e.operation == kv::Operation::Put)
@@ -100,6 +102,8 @@ pub async fn name_holder(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const W: std::time::Duration = std::time::Duration::from_secs(5);
 
     #[test]
     fn owner_values_of_older_edges_still_read() {
@@ -119,14 +123,14 @@ mod tests {
             ..StreamArgs::default()
         };
         let kv = ensure_presence(&js, &args).await.unwrap();
-        assert_eq!(name_holder(&kv, "r", "ann").await.unwrap(), None);
+        assert_eq!(name_holder(&kv, "r", "ann", W).await.unwrap(), None);
         let session = serde_json::to_vec(&SessionEntry {
             node: "edge-0".into(),
             user_id: "u1".into(),
         })
         .unwrap();
         kv.put("r.ann.s1", session.into()).await.unwrap();
-        assert_eq!(name_holder(&kv, "r", "ann").await.unwrap(), None);
+        assert_eq!(name_holder(&kv, "r", "ann", W).await.unwrap(), None);
         let owner = serde_json::to_vec(&Owner {
             user_id: "u1".into(),
             user_name: "Ann".into(),
@@ -134,11 +138,11 @@ mod tests {
         .unwrap();
         kv.create("r.ann", owner.into()).await.unwrap();
         assert_eq!(
-            name_holder(&kv, "r", "ann").await.unwrap().as_deref(),
+            name_holder(&kv, "r", "ann", W).await.unwrap().as_deref(),
             Some("u1")
         );
-        assert_eq!(name_holder(&kv, "r2", "ann").await.unwrap(), None);
+        assert_eq!(name_holder(&kv, "r2", "ann", W).await.unwrap(), None);
         kv.delete("r.ann").await.unwrap();
-        assert_eq!(name_holder(&kv, "r", "ann").await.unwrap(), None);
+        assert_eq!(name_holder(&kv, "r", "ann", W).await.unwrap(), None);
     }
 }

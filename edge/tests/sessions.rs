@@ -277,7 +277,7 @@ async fn a_join_racing_the_last_leave_never_leaves_a_session_without_its_name() 
         let (next, joined) = joiner.await.expect("joiner");
         joined.unwrap_or_else(|e| panic!("round {round}: the same user was refused: {e}"));
         // Whatever the interleaving, a joined session means a held name.
-        let holder = natter_bus::name_holder(&kv, &room_token, &user_token)
+        let holder = natter_bus::name_holder(&kv, &room_token, &user_token, WAIT)
             .await
             .unwrap();
         assert_eq!(holder.as_deref(), Some("u-ann"), "round {round}");

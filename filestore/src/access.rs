@@ -74,24 +74,12 @@ impl Access {
         query: Option<&str>,
         carrier: Carrier,
     ) -> Result<Option<Claims>, ApiError> {
-        if self.mode() == AuthMode::Off {
-            return Ok(None);
-        }
         let token = natter_auth::bearer_token(headers).or_else(|| match carrier {
             Carrier::HeaderOrQuery => natter_auth::query_token(query),
             Carrier::Header => None,
         });
-        let Some(token) = token else {
-            return match self.mode() {
-                AuthMode::Required => Err(ApiError::Unauthorized(
-                    natter_auth::AuthError::Missing.to_string(),
-                )),
-                _ => Ok(None),
-            };
-        };
         self.verifier
-            .verify(&token)
-            .map(Some)
+            .authenticate(token.as_deref())
             .map_err(|e| ApiError::Unauthorized(e.to_string()))
     }
 
@@ -131,16 +119,9 @@ impl Access {
             ));
         };
         let (room_token, user_token) = (token::encode(&msg.room), token::encode(user_name));
-        let lookup = natter_bus::name_holder(kv, &room_token, &user_token);
-        let holder = match tokio::time::timeout(PRESENCE_TIMEOUT, lookup).await {
-            Ok(Ok(h)) => h,
-            Ok(Err(e)) => return Err(ApiError::Unavailable(e.to_string())),
-            Err(_) => {
-                return Err(ApiError::Unavailable(format!(
-                    "presence did not answer within {PRESENCE_TIMEOUT:?}"
-                )))
-            }
-        };
+        let holder = natter_bus::name_holder(kv, &room_token, &user_token, PRESENCE_TIMEOUT)
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
         if holder.as_deref() != Some(claims.sub.as_str()) {
             return Err(ApiError::Forbidden(
                 "the user does not hold this userName in this room: join it first".into(),

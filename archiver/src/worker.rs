@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind};
-use futures_util::StreamExt;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
@@ -79,7 +78,7 @@ pub async fn run(
         while writers.try_join_next().is_some() {}
         let started = Instant::now();
         let batch = tokio::select! {
-            b = fetch(&consumer, cfg.batch_size, cfg.fetch_wait) => b,
+            b = natter_bus::pull::fetch_batch(&consumer, cfg.batch_size, cfg.fetch_wait) => b,
             _ = shutdown_rx.changed() => break,
         };
         match batch {
@@ -138,37 +137,6 @@ pub async fn run(
         tracing::warn!("in-flight batches did not finish in time; they will be redelivered");
         writers.abort_all();
     }
-}
-
-/// One pull request: up to `max` messages, returning as soon as the server has delivered
-/// what is available, or after `wait` when nothing is.
-async fn fetch(
-    consumer: &PullConsumer,
-    max: usize,
-    wait: Duration,
-) -> Result<Vec<jetstream::Message>, String> {
-    let mut batch = consumer
-        .fetch()
-        .max_messages(max)
-        .expires(wait)
-        .messages()
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut out = Vec::with_capacity(max.min(1024));
-    while let Some(m) = batch.next().await {
-        match m {
-            Ok(m) => out.push(m),
-            // A status ending the request early (e.g. max ack pending): keep what came.
-            Err(e) => {
-                if out.is_empty() {
-                    return Err(e.to_string());
-                }
-                tracing::debug!(error = %e, "pull request ended early");
-                break;
-            }
-        }
-    }
-    Ok(out)
 }
 
 fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {

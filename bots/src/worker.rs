@@ -196,7 +196,7 @@ impl Worker {
                 return;
             }
             let batch = tokio::select! {
-                b = fetch(&consumer, self.cfg.batch_size, Duration::from_secs(1)) => b,
+                b = natter_bus::pull::fetch_batch(&consumer, self.cfg.batch_size, Duration::from_secs(1)) => b,
                 _ = shutdown.changed() => return,
             };
             let msgs = match batch {
@@ -527,35 +527,6 @@ impl Worker {
             false
         }
     }
-}
-
-/// One pull request: up to `max` messages, returning as soon as the server delivered what is
-/// available, or after `wait`.
-async fn fetch(
-    consumer: &PullConsumer,
-    max: usize,
-    wait: Duration,
-) -> Result<Vec<jetstream::Message>, String> {
-    let mut batch = consumer
-        .fetch()
-        .max_messages(max)
-        .expires(wait)
-        .messages()
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    while let Some(m) = batch.next().await {
-        match m {
-            Ok(m) => out.push(m),
-            Err(e) => {
-                if out.is_empty() {
-                    return Err(e.to_string());
-                }
-                break;
-            }
-        }
-    }
-    Ok(out)
 }
 
 fn str_param(p: &Map<String, Value>, k: &str) -> String {

@@ -8,6 +8,7 @@
 //! - [`connect`]: how a service connects (URL list, reconnects, logged events).
 //! - [`reader`]: ranged reads of one room's messages from the stream (batched direct get,
 //!   ADR-31), for history, catch-up and gap repair without creating consumers.
+//! - [`pull`]: one pull request on a durable consumer (the archiver's and the bots').
 //! - [`history`]: the archiver's `history.<token>` request/reply contract.
 //!
 //! It holds no chat logic: what a message means is the edge's and the archiver's business.
@@ -16,6 +17,7 @@
 pub mod connect;
 pub mod history;
 pub mod presence_bucket;
+pub mod pull;
 pub mod reader;
 pub mod stream;
 pub mod subjects;

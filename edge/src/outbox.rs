@@ -1,12 +1,18 @@
 //! A socket's outside handle: the bounded queue of frames to write to it, and the signal
 //! by which rooms, presence and the drain tell it to stop.
 //!
-//! Rooms never await a socket: they `try_send` an already-encoded frame and, when the queue
-//! is full, tell the socket to go (the client resumes by `_id` elsewhere). So one slow
+//! Rooms never await a socket: they offer an already-encoded frame (written at once when the
+//! socket is free, see [`crate::transport::socket`]) and, when its queue is full, tell the
+//! socket to go (the client resumes by `_id` elsewhere). So one slow
 //! client can neither stall a room nor grow the edge's memory.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
+
+use crate::transport::frame;
+use crate::transport::socket::{Push, Socket};
 
 /// Why a socket is being closed, as the client sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +62,7 @@ impl CloseReason {
     }
 }
 
-/// The latest instruction for a socket's writer. `watch` keeps only the newest, so
+/// The latest instruction for a socket's session. `watch` keeps only the newest, so
 /// signalling never blocks and never fills up.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Signal {
@@ -69,7 +75,7 @@ pub struct Signal {
 /// Cloneable handle to one socket.
 #[derive(Clone)]
 pub struct Outbox {
-    frames: mpsc::Sender<Bytes>,
+    socket: Arc<Socket>,
     signal: watch::Sender<Signal>,
 }
 
@@ -84,31 +90,48 @@ pub enum Offer {
 }
 
 impl Outbox {
-    pub fn new(frames: mpsc::Sender<Bytes>, signal: watch::Sender<Signal>) -> Self {
-        Outbox { frames, signal }
+    pub fn new(socket: Arc<Socket>, signal: watch::Sender<Signal>) -> Self {
+        Outbox { socket, signal }
     }
 
-    /// Queue a frame without waiting; a full queue closes the socket as slow.
-    pub fn offer(&self, frame: Bytes) -> Offer {
-        match self.frames.try_send(frame) {
-            Ok(()) => Offer::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+    /// Offer an encoded WebSocket frame (see [`crate::transport::frame`]) without waiting:
+    /// written at once when the socket is free, queued when it is busy; a full queue closes
+    /// the socket as slow.
+    pub fn offer(&self, wire_frame: Bytes) -> Offer {
+        match self.socket.push(wire_frame, false) {
+            Push::Written | Push::Queued => Offer::Queued,
+            Push::Full => {
                 self.close(CloseReason::Slow);
                 Offer::Overflow
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Closed,
+            Push::Closed => Offer::Closed,
         }
     }
 
-    /// Queue a frame, waiting for room (only the socket's own session does this, e.g. while
-    /// replaying history). Returns false when the socket is gone.
-    pub async fn send(&self, frame: Bytes) -> bool {
-        self.frames.send(frame).await.is_ok()
+    /// Send a JSON text message, waiting for room in the queue (only the socket's own
+    /// session does this, e.g. while replaying history). Returns false when the socket is
+    /// gone or closing.
+    pub async fn send(&self, json: Bytes) -> bool {
+        let wire = frame::text(&json);
+        self.socket
+            .push_wait(wire, || self.signal.borrow().close.is_some())
+            .await
     }
 
-    /// Ask the writer to close with `reason` (the first reason wins).
+    /// Send a control frame the session owes the client (pong, close, reconnect), past the
+    /// queue's cap.
+    pub fn send_control(&self, wire_frame: Bytes) -> bool {
+        self.socket.push(wire_frame, true).accepted()
+    }
+
+    /// The socket itself (for the session that runs it).
+    pub fn socket(&self) -> &Arc<Socket> {
+        &self.socket
+    }
+
+    /// Ask the session to close the socket with `reason` (the first reason wins).
     pub fn close(&self, reason: CloseReason) {
-        self.signal.send_if_modified(|s| {
+        let changed = self.signal.send_if_modified(|s| {
             if s.close.is_none() {
                 s.close = Some(reason);
                 true
@@ -116,9 +139,13 @@ impl Outbox {
                 false
             }
         });
+        if changed {
+            // A session waiting for room in the queue should stop waiting.
+            self.socket.wake();
+        }
     }
 
-    /// Ask the writer to send the drain `reconnect` request.
+    /// Ask the session to send the drain `reconnect` request.
     pub fn drain(&self) {
         self.signal.send_if_modified(|s| {
             let changed = !s.drain;

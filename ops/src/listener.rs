@@ -404,6 +404,18 @@ impl AsyncWrite for Watched {
     }
 }
 
+/// The TCP socket under a connection this listener served and hyper then upgraded (a
+/// WebSocket), with the bytes hyper had already read past the upgrade request. A service
+/// that drives the socket itself (the edge reads and writes WebSocket frames with
+/// non-blocking calls on the `TcpStream`) takes it back here; `Err` gives back an upgrade
+/// that did not come from this listener.
+pub fn upgraded_tcp(
+    upgraded: hyper::upgrade::Upgraded,
+) -> Result<(TcpStream, bytes::Bytes), hyper::upgrade::Upgraded> {
+    let parts = upgraded.downcast::<TokioIo<Watched>>()?;
+    Ok((parts.io.into_inner().inner, parts.read_buf))
+}
+
 /// Both listening sockets of a service with a public and an operations port.
 #[derive(Debug)]
 pub struct Listeners {

@@ -22,6 +22,7 @@ use tracing::{debug, info, warn, Instrument};
 use super::delivery::{Delivery, Live};
 use super::RoomDeps;
 use crate::outbox::Outbox;
+use crate::transport::frame as wire;
 
 #[derive(Debug, Error, Clone)]
 pub enum RoomError {
@@ -126,11 +127,13 @@ impl Room {
     /// Deliver stored message `seq` to every member, encoded once.
     fn deliver(&self, deps: &RoomDeps, seq: u64, stored: &[u8], stamped: Option<&str>) {
         let m = &deps.metrics;
-        let Some(frame) = frame::with_message_id(stored, seq) else {
+        let Some(json) = frame::with_message_id(stored, seq) else {
             warn!(seq, "stored message is not a JSON object; skipped");
             self.delivery().skip(seq);
             return;
         };
+        // One WebSocket frame for every member: the sockets share this buffer.
+        let frame = wire::text(&json);
         let t0 = Instant::now();
         let Some(queued) = self.delivery().deliver(seq, &frame) else {
             return;
@@ -193,7 +196,9 @@ impl Room {
             let skip = headers.get(subjects::HDR_USER).map(|v| v.as_str());
             debug!(event = kind.as_str(), "room event");
             self.note_event(kind.as_str(), &msg.payload);
-            let queued = self.delivery().broadcast_event(&msg.payload, skip);
+            let queued = self
+                .delivery()
+                .broadcast_event(&wire::text(&msg.payload), skip);
             deps.metrics.frames_out.inc_by(queued);
             return;
         }
@@ -272,7 +277,7 @@ impl Room {
                        "roomName": self.name, "userName": name,
                        "uuid": uuid::Uuid::new_v4().to_string()}),
             );
-            let queued = self.delivery().broadcast_event(&note, None);
+            let queued = self.delivery().broadcast_event(&wire::text(&note), None);
             deps.metrics.frames_out.inc_by(queued);
         }
     }

@@ -2,8 +2,10 @@
 //! rate limit and its publish acknowledgements, and the life of the socket from upgrade to
 //! cleanup.
 //!
-//! - this file: [`serve`] runs a socket (a reader task speaking the protocol, a writer task
-//!   fed by the outbox), enforces closes, and gives everything back when it ends.
+//! - this file: [`serve`] runs a socket with **one task**: it reads and runs the client's
+//!   requests, pings, enforces closes and the join timeout, and gives everything back when
+//!   the socket ends. Frames to the client are written by whoever has them (rooms write
+//!   straight to the socket, see [`crate::transport::socket`]).
 //! - [`cmd`]: one module per request (`join`, `text`, `leave`, `typing`, `history`), and
 //!   the dispatch.
 //! - [`joined`]: the rooms joined on this socket; [`limits`]: the rate limit; [`acks`]: the
@@ -21,132 +23,89 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::WebSocket;
 use natter_protocol::{frame, ErrorCode, RpcError};
 use serde_json::{json, Value};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
-use tracing::{debug, Instrument};
+use tracing::{debug, warn, Instrument};
 
 use crate::node::Node;
 use crate::outbox::{CloseReason, Outbox, Signal};
 use crate::presence::Released;
-use crate::transport::read::{Message, MessageReader, ReadEnd};
-use crate::transport::write::{write_loop, WriteInputs, WriteSettings};
-use crate::transport::{self, Io};
+use crate::transport;
+use crate::transport::frame as wire;
+use crate::transport::read::{Incoming, Message, MessageReader, ReadEnd};
+use crate::transport::socket::Socket;
 use joined::{Joined, JoinedRooms};
 use limits::RateLimit;
 
-/// How long a side waits for the other to finish once one has ended.
+/// How long the closing handshake may take, each way.
 const GRACE: Duration = Duration::from_secs(2);
 
 /// Serve one upgraded WebSocket until it closes. `upgrade_token` is the token the upgrade
 /// request carried (`Authorization: Bearer` or `?token=`), for every join on the socket.
 pub async fn serve(
     node: Arc<Node>,
-    ws: WebSocket<Io>,
+    ws: transport::Upgrade,
     permit: OwnedSemaphorePermit,
     upgrade_token: Option<String>,
 ) {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let span = tracing::info_span!("session", session = %id);
-    run(node, ws, id, permit, upgrade_token)
+    let Some((tcp, leftover)) = transport::take_socket(ws) else {
+        warn!(parent: &span, "upgraded connection without its TCP socket; dropped");
+        return;
+    };
+    Box::pin(run(node, tcp, leftover, id, permit, upgrade_token))
         .instrument(span)
         .await;
 }
 
+/// How the socket's life ended, as far as the closing handshake cares.
+enum End {
+    /// The server closes (slow, drain deadline, idle, resync, no join...).
+    Close(CloseReason),
+    /// The client sent a close frame (its payload is echoed).
+    ClientClosed(Vec<u8>),
+    /// Reading stopped (too large, bad UTF-8, protocol error, socket gone).
+    Read(ReadEnd),
+}
+
+/// The socket's one long-lived task: it reads and runs the client's requests, answers pings,
+/// pings an idle client and closes a silent one, sends the drain request, enforces the join
+/// timeout and every close asked of it, then gives everything back. Frames *to* the client
+/// do not pass through it: rooms write them straight to the socket.
 async fn run(
     node: Arc<Node>,
-    ws: WebSocket<Io>,
+    tcp: TcpStream,
+    leftover: Bytes,
     id: String,
     _permit: OwnedSemaphorePermit,
     upgrade_token: Option<String>,
 ) {
     node.metrics.connections.inc();
     node.metrics.connections_accepted.inc();
-    let (frames_tx, frames_rx) = mpsc::channel(node.config.outbound_queue.max(1));
+    let socket = Socket::new(tcp, node.config.outbound_queue.max(1));
     let (signal_tx, signal_rx) = watch::channel(Signal::default());
-    let outbox = Outbox::new(frames_tx, signal_tx);
+    let outbox = Outbox::new(socket.clone(), signal_tx);
     node.sessions.insert(&id, outbox.clone());
     if node.is_draining() {
         outbox.drain();
     }
     let joined = Arc::new(JoinedRooms::default());
-    let halves = transport::split(ws, node.config.max_frame_bytes);
-    let mut raw_read = halves.raw_read;
+    let mut reader = MessageReader::new(leftover, node.config.max_frame_bytes);
     debug!("connected");
 
-    let mut close_watch = outbox.watch();
-    let session = Session::new(
+    let mut session = Session::new(
         node.clone(),
         id.clone(),
         outbox.clone(),
         joined.clone(),
         upgrade_token,
     );
-    let mut reader = tokio::spawn(session.read_loop(halves.reader).in_current_span());
-    let settings = WriteSettings {
-        ping_every: Duration::from_secs(node.config.ping_interval_secs),
-        idle_after: Duration::from_secs(node.config.idle_timeout_secs),
-    };
-    let inputs = WriteInputs {
-        frames: frames_rx,
-        control: halves.control,
-        signal: signal_rx,
-    };
-    let ids = node.clone();
-    let mut writer = tokio::spawn(
-        write_loop(
-            halves.writer,
-            inputs,
-            settings,
-            halves.liveness,
-            move || ids.next_request_id(),
-        )
-        .in_current_span(),
-    );
-
-    let _read_end = tokio::select! {
-        end = &mut reader => {
-            let end = end.ok();
-            let too_large = end == Some(ReadEnd::TooLarge);
-            outbox.close(match end {
-                Some(ReadEnd::TooLarge) => CloseReason::TooLarge,
-                Some(ReadEnd::InvalidUtf8) => CloseReason::InvalidUtf8,
-                _ => CloseReason::Done,
-            });
-            if tokio::time::timeout(GRACE, &mut writer).await.is_err() {
-                writer.abort();
-            }
-            if too_large {
-                if let Some(r) = raw_read.take() {
-                    r.discard(4 * node.config.max_frame_bytes.max(64 * 1024), GRACE).await;
-                }
-            }
-            end
-        }
-        _ = &mut writer => {
-            // The writer sent a close frame (or the socket failed): give the client a moment
-            // to answer it, then stop reading.
-            finish(&mut reader).await
-        }
-        () = no_room_by(&joined, node.config.join_timeout()) => {
-            // Holding a socket costs the edge; one that joins nothing is closed.
-            debug!(join_timeout = ?node.config.join_timeout(), "no room joined in time; closing");
-            outbox.close(CloseReason::NoJoin);
-            if tokio::time::timeout(GRACE, &mut writer).await.is_err() {
-                writer.abort();
-            }
-            finish(&mut reader).await
-        }
-        _ = close_requested(&mut close_watch) => {
-            // Slow, resync, shutdown...: the writer sends the close frame, unless it is stuck
-            // on a socket the client stopped reading, in which case the socket is dropped.
-            if tokio::time::timeout(GRACE, &mut writer).await.is_err() {
-                writer.abort();
-            }
-            finish(&mut reader).await
-        }
-    };
+    let end = session.run(&mut reader, signal_rx).await;
+    close_handshake(&node, &outbox, &mut reader, end).await;
+    socket.shutdown();
     if outbox.closing() == Some(CloseReason::Slow) {
         node.metrics.slow_client_disconnects.inc();
     }
@@ -154,34 +113,42 @@ async fn run(
     debug!(reason = ?outbox.closing(), "disconnected");
 }
 
-/// Wait a moment for the reader to end on its own, else stop it.
-async fn finish(reader: &mut tokio::task::JoinHandle<ReadEnd>) -> Option<ReadEnd> {
-    match tokio::time::timeout(GRACE, &mut *reader).await {
-        Ok(end) => end.ok(),
-        Err(_) => {
-            reader.abort();
-            None
+/// Send what the client is owed on the way out, then give it a moment to answer.
+async fn close_handshake(node: &Node, outbox: &Outbox, reader: &mut MessageReader, end: End) {
+    let socket = outbox.socket();
+    let tcp = socket.tcp();
+    match end {
+        End::Close(reason) => {
+            outbox.close(reason);
+            let (code, text) = reason.close_frame();
+            outbox.send_control(wire::close(code, text));
+            // The client answers with its close frame; a client that stopped reading never
+            // gets the frame and is dropped after the grace period.
+            if socket.flushed(GRACE).await {
+                reader.await_close(tcp, GRACE).await;
+            }
         }
-    }
-}
-
-/// Resolves when `timeout` has passed and no room is joined on the socket (a join still in
-/// progress then does not count); never resolves once one is.
-async fn no_room_by(joined: &JoinedRooms, timeout: Duration) {
-    tokio::time::sleep(timeout).await;
-    if !joined.lock().is_empty() {
-        std::future::pending::<()>().await;
-    }
-}
-
-/// Resolves once a close reason has been signalled for the socket.
-async fn close_requested(rx: &mut watch::Receiver<Signal>) {
-    loop {
-        if rx.borrow_and_update().close.is_some() {
-            return;
+        End::ClientClosed(payload) => {
+            outbox.close(CloseReason::Done);
+            outbox.send_control(wire::encode(wire::OpCode::Close, &payload));
+            socket.flushed(GRACE).await;
         }
-        if rx.changed().await.is_err() {
-            std::future::pending::<()>().await;
+        End::Read(end) => {
+            let reason = match end {
+                ReadEnd::TooLarge => CloseReason::TooLarge,
+                ReadEnd::InvalidUtf8 => CloseReason::InvalidUtf8,
+                ReadEnd::ClientClosed | ReadEnd::Failed => CloseReason::Done,
+            };
+            outbox.close(reason);
+            let (code, text) = reason.close_frame();
+            outbox.send_control(wire::close(code, text));
+            socket.flushed(GRACE).await;
+            if matches!(end, ReadEnd::TooLarge | ReadEnd::InvalidUtf8) {
+                // Unread input would make the kernel reset the connection, which can destroy
+                // the close frame before the client reads it.
+                let limit = 4 * node.config.max_frame_bytes.max(64 * 1024);
+                reader.discard(tcp, limit, GRACE).await;
+            }
         }
     }
 }
@@ -245,24 +212,98 @@ impl Session {
         }
     }
 
-    async fn read_loop(mut self, mut reader: MessageReader) -> ReadEnd {
-        // Bounded by the socket: every round consumes a message or ends.
+    /// Serve the socket until it ends; see [`run`].
+    async fn run(
+        &mut self,
+        reader: &mut MessageReader,
+        mut signal: watch::Receiver<Signal>,
+    ) -> End {
+        let node = self.node.clone();
+        let config = &node.config;
+        let ping_every = Duration::from_secs(config.ping_interval_secs).max(Duration::from_secs(1));
+        let idle_after = Duration::from_secs(config.idle_timeout_secs).max(Duration::from_secs(1));
+        let start = tokio::time::Instant::now();
+        let mut ping = tokio::time::interval_at(start + ping_every, ping_every);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let join_by = tokio::time::sleep_until(start + config.join_timeout());
+        tokio::pin!(join_by);
+        let mut join_checked = false;
+        let mut drain_sent = false;
+        let mut last_heard = start;
+        let socket = self.outbox.socket().clone();
+        // Bounded by the socket: every round handles one event or ends.
         loop {
-            let ok = match reader.next().await {
-                Ok(Message::Text(data)) => self.handle(&data).await,
-                Ok(Message::Binary(_)) => {
-                    let err = RpcError::new(
-                        ErrorCode::Parse,
-                        "binary frames are not accepted; send JSON text",
-                    );
-                    self.reply_error(None, err).await
+            tokio::select! {
+                biased;
+                changed = signal.changed() => {
+                    if changed.is_err() {
+                        return End::Close(CloseReason::Done);
+                    }
+                    let s = *signal.borrow_and_update();
+                    if s.drain && !drain_sent {
+                        drain_sent = true;
+                        self.send_reconnect("draining");
+                    }
+                    if let Some(reason) = s.close {
+                        if let Some(hint) = reason.hints_reconnect() {
+                            if !(drain_sent && hint == "draining") {
+                                self.send_reconnect(hint);
+                            }
+                        }
+                        return End::Close(reason);
+                    }
                 }
-                Err(end) => return end,
-            };
-            if !ok {
-                return ReadEnd::Failed;
+                r = reader.next(socket.tcp()) => {
+                    last_heard = tokio::time::Instant::now();
+                    let ok = match r {
+                        Ok(Incoming::Message(Message::Text(data))) => {
+                            Box::pin(self.handle(&data)).await
+                        }
+                        Ok(Incoming::Message(Message::Binary(_))) => {
+                            let err = RpcError::new(
+                                ErrorCode::Parse,
+                                "binary frames are not accepted; send JSON text",
+                            );
+                            self.reply_error(None, err).await
+                        }
+                        Ok(Incoming::Ping(payload)) => {
+                            self.outbox.send_control(wire::encode(wire::OpCode::Pong, &payload))
+                        }
+                        Ok(Incoming::Pong) => true,
+                        Ok(Incoming::Close(payload)) => return End::ClientClosed(payload),
+                        Err(end) => return End::Read(end),
+                    };
+                    if !ok {
+                        // The socket is gone or closing: the signal says why, if anyone did.
+                        return End::Close(self.outbox.closing().unwrap_or(CloseReason::Done));
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > idle_after {
+                        return End::Close(CloseReason::Idle);
+                    }
+                    self.outbox.send_control(wire::encode(wire::OpCode::Ping, b"natter"));
+                }
+                () = &mut join_by, if !join_checked => {
+                    join_checked = true;
+                    // Holding a socket costs the edge; one that joins nothing is closed.
+                    if self.joined.lock().is_empty() {
+                        debug!(join_timeout = ?config.join_timeout(), "no room joined in time; closing");
+                        return End::Close(CloseReason::NoJoin);
+                    }
+                }
             }
         }
+    }
+
+    /// Ask the client to reconnect (and resume) elsewhere, for `reason`.
+    fn send_reconnect(&self, reason: &str) {
+        let json = frame::server_request(
+            "reconnect",
+            json!({"reason": reason}),
+            self.node.next_request_id(),
+        );
+        self.outbox.send_control(wire::text(&json));
     }
 
     /// Send a result; false when the socket is gone.

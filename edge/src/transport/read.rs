@@ -1,21 +1,23 @@
-//! The socket's read half: WebSocket frames in, whole messages out.
+//! The socket's read half: bytes from the `TcpStream` in, whole messages out.
 //!
-//! [`Reassembler`] is the pure part (fragments → message, with the size limit), tested on
-//! its own. [`MessageReader`] drives it from the socket. fastwebsockets' `read_frame` is not
-//! cancel-safe, so a `MessageReader` must run alone in its task, never raced in a `select!`;
-//! frames it must answer (pong, close echo) go to the writer through the control channel.
+//! - [`Reassembler`] is the pure part (fragments → message, with the size limit), tested on
+//!   its own; [`super::frame::parse`] reads each frame.
+//! - [`MessageReader`] drives them from the socket. It holds **no buffer while the socket is
+//!   idle**: it waits for readiness, reads what the kernel has, and gives the memory back as
+//!   soon as every byte was consumed, so a joined, silent connection costs nothing here (the
+//!   fastwebsockets read half it replaces allocates 8 KiB per socket for its whole life).
+//! - It is **cancel-safe**: everything read is kept in the reader between calls, so the
+//!   session can wait on it in a `select!` beside its other events.
 
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-use std::time::Duration;
+use bytes::Bytes;
+use tokio::net::TcpStream;
 
-use fastwebsockets::{Frame, OpCode, Payload, WebSocketError, WebSocketRead};
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf, ReadHalf};
-use tokio::sync::mpsc;
-use tracing::debug;
+use super::frame::{self, ClientFrame, FrameError, OpCode, Parsed};
 
-use super::{Io, Liveness};
+/// First read size when a frame starts; a frame's known length sizes the rest.
+const FIRST_READ: usize = 2048;
+/// Most bytes read in one go.
+const MAX_READ: usize = 64 * 1024;
 
 /// A whole message from the client.
 #[derive(Debug, PartialEq, Eq)]
@@ -113,99 +115,152 @@ fn message(opcode: OpCode, data: Vec<u8>) -> Step {
     }
 }
 
-/// The socket's read half, shared so that the session can still drain it after the reader
-/// gave up (e.g. on an oversized frame): closing a socket with unread input makes the kernel
-/// send a reset, which can destroy the close frame before the client reads it.
-#[derive(Clone)]
-pub struct SharedRead(pub(super) Arc<Mutex<ReadHalf<Io>>>);
-
-impl AsyncRead for SharedRead {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        // Never contended: only one task reads at a time; the lock is not held across polls.
-        let mut inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        Pin::new(&mut *inner).poll_read(cx, buf)
-    }
+/// What the socket sent, as the session sees it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming {
+    Message(Message),
+    /// A ping to answer with a pong carrying the same payload.
+    Ping(Vec<u8>),
+    /// A pong (or any other sign of life that needs no answer).
+    Pong,
+    /// A close frame; its payload is echoed back.
+    Close(Vec<u8>),
 }
 
-impl SharedRead {
-    /// Read and discard until the peer closes, `limit` bytes were read, or `within` passed.
-    pub async fn discard(mut self, limit: usize, within: Duration) {
-        let mut buf = vec![0u8; 8192];
+/// Whole messages from one socket.
+pub struct MessageReader {
+    /// Bytes read and not yet consumed (`buf[start..]`); empty, with no capacity, while idle.
+    buf: Vec<u8>,
+    start: usize,
+    max_frame: usize,
+    asm: Reassembler,
+}
+
+impl MessageReader {
+    /// `leftover`: bytes already read past the upgrade request (a client may send its first
+    /// frame right behind it).
+    pub fn new(leftover: Bytes, max_message_bytes: usize) -> Self {
+        MessageReader {
+            buf: leftover.to_vec(),
+            start: 0,
+            max_frame: max_message_bytes,
+            asm: Reassembler::new(max_message_bytes),
+        }
+    }
+
+    /// Bytes held right now (0 for an idle socket).
+    pub fn buffered_capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// The next message or control frame, or why the socket is done. Cancel-safe.
+    pub async fn next(&mut self, tcp: &TcpStream) -> Result<Incoming, ReadEnd> {
+        // Bounded by the socket: every round consumes a frame, reads bytes, or ends.
+        loop {
+            if let Some(step) = self.step()? {
+                return Ok(step);
+            }
+            if tcp.readable().await.is_err() {
+                return Err(ReadEnd::Failed);
+            }
+            match self.fill(tcp) {
+                Ok(0) => return Err(ReadEnd::Failed), // closed without a close frame
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return Err(ReadEnd::Failed),
+            }
+        }
+    }
+
+    /// Consume buffered frames until one is worth returning; `None` when more bytes are
+    /// needed.
+    fn step(&mut self) -> Result<Option<Incoming>, ReadEnd> {
+        // Bounded by the buffer: each round consumes a frame.
+        loop {
+            let (f, used) = match frame::parse(&mut self.buf[self.start..], self.max_frame) {
+                Ok(Parsed::Frame { frame, used }) => (frame, used),
+                Ok(Parsed::Incomplete { .. }) => return Ok(None),
+                Err(FrameError::TooLarge) => return Err(ReadEnd::TooLarge),
+                Err(FrameError::Protocol) => return Err(ReadEnd::Failed),
+            };
+            self.consume(used);
+            let ClientFrame {
+                fin,
+                opcode,
+                payload,
+            } = f;
+            match opcode {
+                OpCode::Ping => return Ok(Some(Incoming::Ping(payload))),
+                OpCode::Pong => return Ok(Some(Incoming::Pong)),
+                OpCode::Close => return Ok(Some(Incoming::Close(payload))),
+                _ => {}
+            }
+            match self.asm.push(opcode, fin, &payload) {
+                Step::Message(m) => return Ok(Some(Incoming::Message(m))),
+                Step::More => {}
+                Step::End(end) => return Err(end),
+            }
+        }
+    }
+
+    fn consume(&mut self, used: usize) {
+        self.start += used;
+        if self.start >= self.buf.len() {
+            // Everything consumed: give the memory back (an idle socket holds none).
+            self.buf = Vec::new();
+            self.start = 0;
+        }
+    }
+
+    /// One non-blocking read, sized by what the pending frame still needs.
+    fn fill(&mut self, tcp: &TcpStream) -> std::io::Result<usize> {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let need = frame::wanted(&self.buf).saturating_sub(self.buf.len());
+        let want = need.clamp(FIRST_READ, MAX_READ);
+        self.buf.reserve(want);
+        tcp.try_read_buf(&mut self.buf)
+    }
+
+    /// Read and discard until the peer closes, `limit` bytes were read, or `within` passed
+    /// (closing a socket with unread input makes the kernel send a reset, which can destroy
+    /// the close frame before the client reads it).
+    pub async fn discard(&mut self, tcp: &TcpStream, limit: usize, within: std::time::Duration) {
+        self.buf = Vec::new();
+        self.start = 0;
         let mut total = 0usize;
         let _ = tokio::time::timeout(within, async {
+            let mut scratch = vec![0u8; 8192];
             while total < limit {
-                match self.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
+                if tcp.readable().await.is_err() {
+                    break;
+                }
+                match tcp.try_read(&mut scratch) {
+                    Ok(0) => break,
                     Ok(n) => total += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => break,
                 }
             }
         })
         .await;
     }
-}
 
-/// Frames the reader hands to the writer (pong, close echo).
-pub type Control = Box<Frame<'static>>;
-
-/// Whole messages from one socket.
-pub struct MessageReader {
-    rd: WebSocketRead<SharedRead>,
-    ctl: mpsc::Sender<Control>,
-    asm: Reassembler,
-    liveness: Arc<Liveness>,
-}
-
-impl MessageReader {
-    pub(super) fn new(
-        rd: WebSocketRead<SharedRead>,
-        ctl: mpsc::Sender<Control>,
-        max_message_bytes: usize,
-        liveness: Arc<Liveness>,
-    ) -> Self {
-        MessageReader {
-            rd,
-            ctl,
-            asm: Reassembler::new(max_message_bytes),
-            liveness,
-        }
-    }
-
-    /// The next whole message, or why the socket is done. Not cancel-safe.
-    pub async fn next(&mut self) -> Result<Message, ReadEnd> {
-        let ctl = &self.ctl;
-        let mut send_fn = |f: Frame<'_>| {
-            let owned = Box::new(Frame::new(
-                true,
-                f.opcode,
-                None,
-                Payload::Owned(f.payload.to_vec()),
-            ));
-            let ctl = ctl.clone();
-            async move { ctl.send(owned).await.map_err(|_| "socket writer is gone") }
-        };
-        // Bounded by the socket: every round consumes a frame or ends.
-        loop {
-            let frame = match self.rd.read_frame(&mut send_fn).await {
-                Ok(f) => f,
-                Err(WebSocketError::FrameTooLarge) => return Err(ReadEnd::TooLarge),
-                // fastwebsockets checks unfragmented text frames itself.
-                Err(WebSocketError::InvalidUTF8) => return Err(ReadEnd::InvalidUtf8),
-                Err(e) => {
-                    debug!(error = %e, "socket read ended");
-                    return Err(ReadEnd::Failed);
+    /// After the server sent its close frame: read on until the client's close frame, the
+    /// end of the socket, or `within`.
+    pub async fn await_close(&mut self, tcp: &TcpStream, within: std::time::Duration) {
+        let _ = tokio::time::timeout(within, async {
+            // Bounded by the socket and the timeout.
+            loop {
+                match self.next(tcp).await {
+                    Ok(Incoming::Close(_)) | Err(_) => return,
+                    Ok(_) => {}
                 }
-            };
-            self.liveness.touch();
-            match self.asm.push(frame.opcode, frame.fin, &frame.payload) {
-                Step::Message(m) => return Ok(m),
-                Step::More => continue,
-                Step::End(end) => return Err(end),
             }
-        }
+        })
+        .await;
     }
 }
 

@@ -14,9 +14,11 @@
 
 pub mod archive_check;
 pub mod archiver;
+pub mod dialect;
 pub mod load;
 pub mod procs;
 pub mod report;
+pub mod scan;
 pub mod scenarios;
 pub mod topology;
 pub mod wsclient;

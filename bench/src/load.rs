@@ -1,12 +1,18 @@
-//! The room-load engine shared by `fanout`, `big-room` and `chaos`: R rooms × U members,
-//! S senders per room at a rate, members spread over the edges. Every member resumes by
-//! `lastMessageId` after any disconnect or drain request, and senders resend what was not
-//! acknowledged with the same uuid — exactly what the protocol asks of clients. At the end
-//! every acknowledged message is checked against every member: lost and duplicated
+//! The room-load engine shared by `fanout`, `big-room`, `peer` and `chaos`: R rooms × U
+//! members, S senders per room at a rate, members spread over the servers. Every member
+//! resumes by `lastMessageId` after any disconnect or drain request, and senders resend what
+//! was not acknowledged with the same uuid — exactly what the protocol asks of clients. At
+//! the end every acknowledged message is checked against every member: lost and duplicated
 //! deliveries are counted, never assumed.
 //!
-//! Why ~470 lines: one engine (clients, senders, resume, accounting) whose parts share
-//! its state; ~50 lines are its unit tests.
+//! Each member is one task that reads its own socket ([`Conn::next`] is cancel-safe) and
+//! finds the few fields it measures with [`crate::scan`] through its [`Dialect`]: no reader
+//! task, no channel hop and no JSON tree per delivery. Clocks are CLOCK_MONOTONIC
+//! nanoseconds, the same in every process of the machine, so a run can be split over worker
+//! processes ([`run_share`]) and merged ([`account`]).
+//!
+//! Why ~550 lines: one engine (clients, senders, resume, accounting, the worker wire form)
+//! whose parts share its state; ~60 lines are its unit tests.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -15,14 +21,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::wsclient::{Conn, Incoming};
+use crate::dialect::{Dialect, Incoming};
+use crate::wsclient::{Conn, Event};
 
 /// What to run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoadSpec {
     pub rooms: usize,
     pub users_per_room: usize,
@@ -30,7 +36,7 @@ pub struct LoadSpec {
     /// Messages per second per sender.
     pub rate: f64,
     pub duration: Duration,
-    /// Edge WebSocket URLs; members are spread over them round-robin.
+    /// Server WebSocket URLs; members are spread over them round-robin.
     pub urls: Vec<String>,
     /// Local source addresses to spread connections over (empty: the default).
     pub sources: Vec<IpAddr>,
@@ -40,6 +46,10 @@ pub struct LoadSpec {
     pub pad: usize,
     /// Start every member on the first URL (they move to the others when it fails).
     pub all_on_first: bool,
+    /// The protocol the servers speak.
+    pub dialect: Dialect,
+    /// Keep every member's (message, receipt time) to time each message's whole fan-out.
+    pub per_message: bool,
 }
 
 /// What every member saw.
@@ -58,37 +68,13 @@ pub struct LoadResult {
     pub latency_us: Option<Histogram<u64>>,
     /// uuids of acknowledged messages (for cross-checks such as the archive).
     pub acked_uuids: HashSet<String>,
-    /// When each successful rejoin (after a disconnect) completed.
-    pub rejoins: Vec<Instant>,
-}
-
-#[derive(Deserialize)]
-struct Frame<'a> {
-    #[serde(borrow, default)]
-    method: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default)]
-    params: Option<Params<'a>>,
-    #[serde(rename = "_id", borrow, default)]
-    msg_id: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default)]
-    error: Option<RpcError>,
-    #[serde(default)]
-    result: Option<serde_json::Value>,
-    #[serde(default)]
-    id: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-struct Params<'a> {
-    #[serde(borrow, default)]
-    uuid: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
-    text: Option<std::borrow::Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct RpcError {
-    code: i64,
+    /// When each successful rejoin (after a disconnect) completed ([`mono_ns`]).
+    pub rejoins: Vec<u64>,
+    /// Per acknowledged message with `per_message`: (members reached, send → last
+    /// member's receipt in µs).
+    pub reach_us: Vec<(u64, u64)>,
+    /// Members per room (the reach a message needs).
+    pub room_size: usize,
 }
 
 struct Member {
@@ -97,7 +83,8 @@ struct Member {
     sender: bool,
 }
 
-struct MemberResult {
+/// One member's record; [`MemberWire`] is its form between processes.
+pub struct MemberResult {
     room: usize,
     received: HashSet<u64>,
     duplicates: u64,
@@ -106,20 +93,88 @@ struct MemberResult {
     sent: u64,
     refused: u64,
     reconnects: u64,
-    /// When the last new message arrived.
-    last_rx: Option<Instant>,
-    rejoins: Vec<Instant>,
+    /// When the last new message arrived ([`mono_ns`]).
+    last_rx: Option<u64>,
+    rejoins: Vec<u64>,
+    /// (message, received at, sent at) with `per_message`.
+    receipts: Vec<(u64, u64, u64)>,
 }
 
-/// Shared clock: message texts carry nanoseconds since `origin`.
-struct Clock {
-    origin: Instant,
+/// A [`MemberResult`] as a worker process reports it (histogram as value/count pairs).
+#[derive(Serialize, Deserialize)]
+pub struct MemberWire {
+    room: usize,
+    received: Vec<u64>,
+    duplicates: u64,
+    latency: Vec<(u64, u64)>,
+    acked: Vec<u64>,
+    sent: u64,
+    refused: u64,
+    reconnects: u64,
+    last_rx: Option<u64>,
+    rejoins: Vec<u64>,
+    receipts: Vec<(u64, u64, u64)>,
 }
 
-impl Clock {
-    fn now_ns(&self) -> u64 {
-        self.origin.elapsed().as_nanos() as u64
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).expect("histogram"))
+}
+
+impl From<&MemberResult> for MemberWire {
+    fn from(r: &MemberResult) -> Self {
+        MemberWire {
+            room: r.room,
+            received: r.received.iter().copied().collect(),
+            duplicates: r.duplicates,
+            latency: r
+                .latency
+                .iter_recorded()
+                .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                .collect(),
+            acked: r.acked.clone(),
+            sent: r.sent,
+            refused: r.refused,
+            reconnects: r.reconnects,
+            last_rx: r.last_rx,
+            rejoins: r.rejoins.clone(),
+            receipts: r.receipts.clone(),
+        }
     }
+}
+
+impl From<MemberWire> for MemberResult {
+    fn from(w: MemberWire) -> Self {
+        let mut latency = histogram();
+        for (v, c) in w.latency {
+            let _ = latency.record_n(v.max(1), c);
+        }
+        MemberResult {
+            room: w.room,
+            received: w.received.into_iter().collect(),
+            duplicates: w.duplicates,
+            latency,
+            acked: w.acked,
+            sent: w.sent,
+            refused: w.refused,
+            reconnects: w.reconnects,
+            last_rx: w.last_rx,
+            rejoins: w.rejoins,
+            receipts: w.receipts,
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: one clock for every process on the machine, so a
+/// message text can carry its send time to a member in another worker process.
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the valid timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 pub fn room_name(run: &str, r: usize) -> String {
@@ -129,45 +184,75 @@ pub fn room_name(run: &str, r: usize) -> String {
 /// Run the load; `during` is awaited concurrently (chaos actions) and the load keeps
 /// going until both it and the duration are over.
 pub async fn run<F: std::future::Future<Output = ()>>(spec: &LoadSpec, during: F) -> LoadResult {
-    let clock = Arc::new(Clock {
-        origin: Instant::now(),
-    });
+    let t0 = std::cell::Cell::new(0u64);
+    let results = run_share(
+        spec,
+        (0, 1),
+        |_| {},
+        async {
+            t0.set(mono_ns());
+        },
+        during,
+    )
+    .await;
+    account(spec, results, t0.get())
+}
+
+/// Run the members `i` with `i % share.1 == share.0`: once they all joined (bounded wait),
+/// call `ready` with how many did, await `go`, then send for the duration while `during`
+/// runs.
+pub async fn run_share<R, G, F>(
+    spec: &LoadSpec,
+    share: (usize, usize),
+    ready: R,
+    go: G,
+    during: F,
+) -> Vec<MemberResult>
+where
+    R: FnOnce(usize),
+    G: std::future::Future<Output = ()>,
+    F: std::future::Future<Output = ()>,
+{
     let next_msg = Arc::new(AtomicU64::new(1));
     let (stop_tx, stop_rx) = watch::channel(false);
     let (go_tx, go_rx) = watch::channel(false);
     let joined = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    let total = spec.rooms * spec.users_per_room;
+    let (mine, of) = (share.0, share.1.max(1));
     for r in 0..spec.rooms {
         for u in 0..spec.users_per_room {
+            let i = r * spec.users_per_room + u;
+            if i % of != mine {
+                continue;
+            }
             let m = Member {
                 room: r,
                 user: u,
                 sender: u < spec.senders_per_room,
             };
-            let i = r * spec.users_per_room + u;
             let spec = spec.clone();
-            let (clock, next_msg, stop, go, joined) = (
-                clock.clone(),
+            let (next_msg, stop, go, joined) = (
                 next_msg.clone(),
                 stop_rx.clone(),
                 go_rx.clone(),
                 joined.clone(),
             );
             tasks.push(tokio::spawn(async move {
-                member(spec, m, i, clock, next_msg, stop, go, joined).await
+                member(spec, m, i, (mine, of), next_msg, stop, go, joined).await
             }));
-            if i % 200 == 199 {
+            if tasks.len() % 200 == 199 {
                 tokio::task::yield_now().await;
             }
         }
     }
+    let total = tasks.len();
     // Wait until everyone joined (bounded), then start sending.
     let deadline = Instant::now() + Duration::from_secs(120);
     while (joined.load(Relaxed) as usize) < total && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let t0 = Instant::now();
+    ready(joined.load(Relaxed) as usize);
+    go.await;
     let _ = go_tx.send(true);
     let timer = tokio::time::sleep(spec.duration);
     tokio::join!(timer, during);
@@ -178,21 +263,19 @@ pub async fn run<F: std::future::Future<Output = ()>>(spec: &LoadSpec, during: F
             results.push(r);
         }
     }
-    // Throughput is measured from the start signal to the last new delivery (not the quiet
-    // period the end of a run waits for).
-    let elapsed = results
-        .iter()
-        .filter_map(|r| r.last_rx)
-        .max()
-        .map(|t| t.saturating_duration_since(t0))
-        .unwrap_or_else(|| t0.elapsed());
-    account(spec, results, elapsed)
+    results
 }
 
-fn account(spec: &LoadSpec, results: Vec<MemberResult>, elapsed: Duration) -> LoadResult {
+/// Merge member records into the run's figures; `t0` is when sending started
+/// ([`mono_ns`]). Throughput is measured from it to the last new delivery (not the quiet
+/// period the end of a run waits for).
+pub fn account(spec: &LoadSpec, results: Vec<MemberResult>, t0: u64) -> LoadResult {
+    let end = results.iter().filter_map(|r| r.last_rx).max();
+    let elapsed = Duration::from_nanos(end.unwrap_or_else(mono_ns).saturating_sub(t0));
     let mut out = LoadResult {
         connections: results.len(),
         elapsed,
+        room_size: spec.users_per_room,
         ..Default::default()
     };
     let mut acked_by_room: HashMap<usize, HashSet<u64>> = HashMap::new();
@@ -220,6 +303,8 @@ fn account(spec: &LoadSpec, results: Vec<MemberResult>, elapsed: Duration) -> Lo
             out.acked_uuids.insert(format!("{}-{n}", spec.run_id));
         }
     }
+    // Per message: how many members had it, and when the last of them did.
+    let mut reach: HashMap<u64, (u64, u64, u64)> = HashMap::new();
     for r in &results {
         let acked = acked_by_room.get(&r.room);
         let got = r
@@ -229,7 +314,16 @@ fn account(spec: &LoadSpec, results: Vec<MemberResult>, elapsed: Duration) -> Lo
             .count() as u64;
         out.delivered += got;
         out.duplicated += r.duplicates;
+        for &(n, at, sent) in &r.receipts {
+            let e = reach.entry(n).or_insert((0, 0, sent));
+            e.0 += 1;
+            e.1 = e.1.max(at);
+        }
     }
+    out.reach_us = reach
+        .into_values()
+        .map(|(count, last, sent)| (count, last.saturating_sub(sent) / 1000))
+        .collect();
     out.lost = out.expected_deliveries.saturating_sub(out.delivered);
     out.latency_us = hist;
     out
@@ -240,28 +334,30 @@ async fn member(
     spec: LoadSpec,
     m: Member,
     index: usize,
-    clock: Arc<Clock>,
+    share: (usize, usize),
     next_msg: Arc<AtomicU64>,
     mut stop: watch::Receiver<bool>,
     mut go: watch::Receiver<bool>,
     joined: Arc<AtomicU64>,
 ) -> MemberResult {
+    let dialect = spec.dialect;
     let room = room_name(&spec.run_id, m.room);
     let user_id = format!("{}-r{}u{}", spec.run_id, m.room, m.user);
     let user_name = format!("user{}", m.user);
     let prefix = format!("{}-", spec.run_id);
+    let pad = "x".repeat(spec.pad);
     let mut res = MemberResult {
         room: m.room,
         received: HashSet::new(),
         duplicates: 0,
-        latency: Histogram::new_with_bounds(1, 120_000_000, 3)
-            .unwrap_or_else(|_| Histogram::new(3).expect("histogram")),
+        latency: histogram(),
         acked: Vec::new(),
         sent: 0,
         refused: 0,
         reconnects: 0,
         last_rx: None,
         rejoins: Vec::new(),
+        receipts: Vec::new(),
     };
     let mut pending: HashMap<u64, String> = HashMap::new(); // msg number -> frame text
     let mut edge = if spec.all_on_first {
@@ -270,11 +366,14 @@ async fn member(
         index % spec.urls.len().max(1)
     };
     let source = (!spec.sources.is_empty()).then(|| spec.sources[index % spec.sources.len()]);
-    let mut last_id: Option<String> = None;
+    // The last message id seen (reused buffer; empty: none yet).
+    let mut last_id = String::new();
     let mut counted_join = false;
     let period = Duration::from_secs_f64(1.0 / spec.rate.max(0.001));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut retry = tokio::time::interval(Duration::from_millis(500));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stopping_since: Option<Instant> = None;
     let mut last_rx = Instant::now();
     // Bounded: every iteration either makes progress or ends on the stop deadline.
@@ -287,51 +386,47 @@ async fn member(
         if stopping_since.is_some_and(|t| t.elapsed() > Duration::from_secs(30)) {
             break;
         }
-        let Ok(mut conn) = Conn::connect(&spec.urls[edge], source).await else {
+        let Some(url) = spec.urls.get(edge) else {
+            break;
+        };
+        let Ok(mut conn) = Conn::connect(&dialect.url(url), source).await else {
             continue;
         };
-        let mut params = json!({"userId": user_id, "userName": user_name, "roomName": room});
-        let method = if let Some(l) = &last_id {
-            params["lastMessageId"] = json!(l);
-            "reconnect"
-        } else {
-            "joinRoom"
-        };
+        if !dialect.open(&mut conn).await {
+            continue;
+        }
+        let last = (!last_id.is_empty()).then_some(last_id.as_str());
         if !conn
-            .send(
-                json!({"jsonrpc":"2.0","method":method,"params":params,"id":"join"})
-                    .to_string()
-                    .as_bytes(),
-            )
+            .send(dialect.join(&room, &user_id, &user_name, last).as_bytes())
             .await
         {
             continue;
         }
         let mut ok = false;
         // Wait for the join's answer; history may follow.
-        while let Ok(Some(inc)) =
-            tokio::time::timeout(Duration::from_secs(30), conn.incoming.recv()).await
-        {
-            match inc {
-                Incoming::Text(b) => {
-                    let Ok(f) = serde_json::from_slice::<Frame>(&b) else {
-                        continue;
-                    };
-                    if f.id.as_ref().and_then(|v| v.as_str()) == Some("join") {
-                        ok = f.result.is_some();
-                        break;
-                    }
-                }
-                Incoming::Closed(_) => break,
+        while let Ok(ev) = tokio::time::timeout(Duration::from_secs(30), conn.next()).await {
+            if ev != Event::Text {
+                break;
+            }
+            let (result, ping) = match dialect.classify(conn.text(), prefix.as_bytes()) {
+                Incoming::JoinResult(r) => (Some(r), false),
+                Incoming::Ping => (None, true),
+                _ => (None, false),
+            };
+            if let Some(r) = result {
+                ok = r;
+                break;
+            }
+            if ping && !conn.send(dialect.pong()).await {
+                break;
             }
         }
         if !ok {
             continue;
         }
         if counted_join {
-            res.rejoins.push(Instant::now());
-        }
-        if !counted_join {
+            res.rejoins.push(mono_ns());
+        } else {
             counted_join = true;
             joined.fetch_add(1, Relaxed);
             // Wait for the start signal without reading: history arrives meanwhile and is
@@ -351,43 +446,67 @@ async fn member(
         loop {
             let sending = m.sender && stopping_since.is_none();
             tokio::select! {
-                inc = conn.incoming.recv() => match inc {
-                    Some(Incoming::Text(b)) => {
-                        last_rx = Instant::now();
-                        let Ok(f) = serde_json::from_slice::<Frame>(&b) else { continue };
-                        if let Some(id) = f.msg_id {
-                            last_id = Some(id.into_owned());
-                            let Some(p) = f.params else { continue };
-                            let Some(n) = p.uuid.as_deref().and_then(|u| u.strip_prefix(&prefix)).and_then(|n| n.parse::<u64>().ok()) else { continue };
-                            if !res.received.insert(n) {
-                                res.duplicates += 1;
-                                continue;
+                ev = conn.next() => {
+                    if ev != Event::Text {
+                        continue 'outer;
+                    }
+                    last_rx = Instant::now();
+                    // What the frame means, copied out of it so the socket is free again.
+                    let (n, sent_ns, pong, move_on, acked) =
+                        match dialect.classify(conn.text(), prefix.as_bytes()) {
+                            Incoming::Delivery { msg_id, n, sent_ns } => {
+                                if let Some(id) = msg_id.and_then(|i| std::str::from_utf8(i).ok()) {
+                                    last_id.clear();
+                                    last_id.push_str(id);
+                                }
+                                (n, sent_ns, false, false, None)
                             }
-                            res.last_rx = Some(last_rx);
-                            if let Some(sent) = p.text.as_deref().and_then(|t| t.split(' ').next()).and_then(|t| t.parse::<u64>().ok()) {
-                                let us = clock.now_ns().saturating_sub(sent) / 1000;
-                                let _ = res.latency.record(us.max(1));
-                            }
-                            if pending.remove(&n).is_some() {
-                                res.acked.push(n);
-                            }
-                        } else if let Some(e) = f.error {
-                            if e.code == -32010 || e.code == -32005 {
+                            Incoming::Ack(n) => (None, None, false, false, Some(n)),
+                            Incoming::Refused => {
+                                // Resent by the retry timer through `pending`.
                                 res.refused += 1;
-                                // Resent on the next tick through `pending`.
+                                (None, None, false, false, None)
                             }
-                        } else if f.method.as_deref() == Some("reconnect") {
-                            continue 'outer; // drain or slow: move and resume
+                            Incoming::Reconnect => (None, None, false, true, None),
+                            Incoming::Ping => (None, None, true, false, None),
+                            Incoming::JoinResult(_) | Incoming::Other => {
+                                (None, None, false, false, None)
+                            }
+                        };
+                    if move_on {
+                        continue 'outer; // drain or slow: move and resume
+                    }
+                    if pong && !conn.send(dialect.pong()).await {
+                        continue 'outer;
+                    }
+                    if let Some(a) = acked {
+                        if pending.remove(&a).is_some() {
+                            res.acked.push(a);
                         }
                     }
-                    Some(Incoming::Closed(_)) | None => continue 'outer,
-                },
+                    let Some(n) = n else { continue };
+                    if !res.received.insert(n) {
+                        res.duplicates += 1;
+                        continue;
+                    }
+                    let now = mono_ns();
+                    res.last_rx = Some(now);
+                    if let Some(sent) = sent_ns {
+                        let us = now.saturating_sub(sent) / 1000;
+                        let _ = res.latency.record(us.max(1));
+                        if spec.per_message {
+                            res.receipts.push((n, now, sent));
+                        }
+                    }
+                    if dialect.echo_acks() && pending.remove(&n).is_some() {
+                        res.acked.push(n);
+                    }
+                }
                 _ = tick.tick(), if sending && *go.borrow() => {
-                    let n = next_msg.fetch_add(1, Relaxed);
-                    let text = format!("{} {}", clock.now_ns(), "x".repeat(spec.pad));
-                    let frame = json!({"jsonrpc":"2.0","method":"textMessage","id":n,"params":{
-                        "userId": user_id, "userName": user_name, "roomName": room, "text": text,
-                        "ack": false, "uuid": format!("{prefix}{n}"), "date": 0}}).to_string();
+                    // Numbers are unique over all worker processes: interleaved by share.
+                    let n = next_msg.fetch_add(1, Relaxed) * share.1 as u64 + share.0 as u64;
+                    let text = format!("{} {pad}", mono_ns());
+                    let frame = dialect.message(n, &room, &user_id, &user_name, &text, &format!("{prefix}{n}"));
                     res.sent += 1;
                     let ok = conn.send(frame.as_bytes()).await;
                     pending.insert(n, frame);
@@ -395,7 +514,7 @@ async fn member(
                         continue 'outer;
                     }
                 }
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                _ = retry.tick() => {
                     // Retry refused or unacknowledged messages periodically.
                     if m.sender && !pending.is_empty() && last_rx.elapsed() > Duration::from_secs(2) {
                         for text in pending.values() {
@@ -438,6 +557,7 @@ mod tests {
             reconnects: 0,
             last_rx: None,
             rejoins: Vec::new(),
+            receipts: received.iter().map(|n| (*n, 1000 + n * 1000, 0)).collect(),
         }
     }
 
@@ -454,24 +574,35 @@ mod tests {
             run_id: "t".into(),
             pad: 0,
             all_on_first: false,
+            dialect: Dialect::Natter,
+            per_message: true,
         };
         // Room 0: messages 1, 2 acked; the second member misses 2. Room 1: message 3 acked,
         // delivered twice to one member. A message nobody acked (4) does not count.
-        let r = account(
-            &spec,
-            vec![
-                member(0, &[1, 2], 0, &[1, 2]),
-                member(0, &[1, 4], 0, &[]),
-                member(1, &[3], 0, &[3]),
-                member(1, &[3], 1, &[]),
-            ],
-            Duration::from_secs(1),
-        );
+        let members = [
+            member(0, &[1, 2], 0, &[1, 2]),
+            member(0, &[1, 4], 0, &[]),
+            member(1, &[3], 0, &[3]),
+            member(1, &[3], 1, &[]),
+        ];
+        // Through the worker wire form and back: nothing is lost on the way.
+        let members: Vec<MemberResult> = members
+            .iter()
+            .map(|m| {
+                let w = serde_json::to_string(&MemberWire::from(m)).unwrap();
+                serde_json::from_str::<MemberWire>(&w).unwrap().into()
+            })
+            .collect();
+        let r = account(&spec, members, 0);
         assert_eq!(r.acked, 3);
         assert_eq!(r.expected_deliveries, 6);
         assert_eq!(r.delivered, 5);
         assert_eq!(r.lost, 1);
         assert_eq!(r.duplicated, 1);
         assert!(r.acked_uuids.contains("t-3"));
+        let mut reach = r.reach_us.clone();
+        reach.sort();
+        // Message 1 reached both members of room 0, the last after 2 µs; 3 reached 2.
+        assert!(reach.contains(&(2, 2)) && reach.contains(&(2, 4)));
     }
 }

@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde_json::json;
 
+use crate::dialect::Dialect;
 use crate::load::{self, LoadSpec};
 use crate::procs as procstat;
 use crate::report::{cpu_snapshot, round, Report};
 use crate::topology::{Topology, TopologyArgs};
-use crate::wsclient::{Conn, Incoming};
+use crate::wsclient::{Conn, Event};
 
 fn run_id() -> String {
     format!(
@@ -107,6 +108,8 @@ pub async fn fanout(name: &str, a: &FanoutArgs) -> Report {
         run_id: run_id(),
         pad: a.pad,
         all_on_first: false,
+        dialect: Dialect::Natter,
+        per_message: false,
     };
     let before = cpu_snapshot(&procs);
     let r = load::run(&spec, async {}).await;
@@ -169,20 +172,18 @@ pub async fn idle(a: &IdleArgs) -> Report {
             join(&url, Some(src), &room, &uid, &name).await
         }));
     }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut conns = Vec::with_capacity(connections);
     let mut failed = 0usize;
     for j in joins {
         match j.await {
-            Ok(Some(c)) => conns.push(c),
+            Ok(Some(c)) => conns.push(tokio::spawn(hold(c, stop_rx.clone()))),
             _ => failed += 1,
         }
     }
     let connect_s = t0.elapsed().as_secs_f64();
     // Let history frames drain and the allocator settle.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    for c in conns.iter_mut() {
-        while c.incoming.try_recv().is_ok() {}
-    }
     let rss1 = edge_pid.and_then(procstat::rss_bytes).unwrap_or(0);
     let n = conns.len().max(1) as f64;
     let mut rep = Report::new("idle");
@@ -201,9 +202,23 @@ pub async fn idle(a: &IdleArgs) -> Report {
         "edge_rss_per_connection_kib",
         round((rss1.saturating_sub(rss0)) as f64 / n / 1024.0, 2),
     );
-    drop(conns);
+    let _ = stop_tx.send(true);
+    for c in conns {
+        let _ = c.await;
+    }
     let _ = topo;
     rep
+}
+
+/// Keep a joined connection alive (read and drop what arrives, answer pings) until `stop`.
+pub async fn hold(mut c: Conn, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            ev = c.next() => if ev != Event::Text { return },
+            _ = stop.changed() => break,
+        }
+    }
+    c.close().await;
 }
 
 /// Connect and join; the connection once the join answered OK.
@@ -224,16 +239,12 @@ async fn join(
 
 async fn wait_result(c: &mut Conn, id: &str) -> bool {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while let Ok(Some(Incoming::Text(b))) = tokio::time::timeout(
-        deadline.saturating_duration_since(Instant::now()),
-        c.incoming.recv(),
-    )
-    .await
+    while let Ok(Event::Text) =
+        tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), c.next()).await
     {
-        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b) {
-            if v["id"] == id {
-                return v.get("result").is_some();
-            }
+        let t = c.text();
+        if crate::scan::str_field(t, b"id") == Some(id.as_bytes()) {
+            return crate::scan::field(t, b"result").is_some();
         }
     }
     false
@@ -285,13 +296,13 @@ pub async fn catchup(a: &CatchupArgs) -> Report {
             sender.send(m.to_string().as_bytes()).await;
         }
         let deadline = Instant::now() + Duration::from_secs(60);
-        while let Ok(Some(Incoming::Text(b))) = tokio::time::timeout(
+        while let Ok(Event::Text) = tokio::time::timeout(
             deadline.saturating_duration_since(Instant::now()),
-            sender.incoming.recv(),
+            sender.next(),
         )
         .await
         {
-            let v: serde_json::Value = serde_json::from_slice(&b).unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_slice(sender.text()).unwrap_or_default();
             if v["params"]["uuid"] == last_uuid.as_str() {
                 break;
             }
@@ -311,9 +322,9 @@ pub async fn catchup(a: &CatchupArgs) -> Report {
         r.send(req.to_string().as_bytes()).await;
         let mut got = 0usize;
         while got < a.missed {
-            match tokio::time::timeout(Duration::from_secs(30), r.incoming.recv()).await {
-                Ok(Some(Incoming::Text(b))) => {
-                    let v: serde_json::Value = serde_json::from_slice(&b).unwrap_or_default();
+            match tokio::time::timeout(Duration::from_secs(30), r.next()).await {
+                Ok(Event::Text) => {
+                    let v: serde_json::Value = serde_json::from_slice(r.text()).unwrap_or_default();
                     if let Some(id) = v["_id"].as_str() {
                         got += 1;
                         last = id.to_owned();
@@ -370,16 +381,18 @@ pub async fn storm(a: &StormArgs) -> Report {
         run_id: run_id(),
         pad: 16,
         all_on_first: true,
+        dialect: Dialect::Natter,
+        per_message: false,
     };
     let victim = topo.edges.remove(0);
     let survivors = urls[1..].to_vec();
-    let killed_at = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let killed_at = Arc::new(std::sync::Mutex::new(None::<u64>));
     let k = killed_at.clone();
     let chaos = async move {
         let mut victim = victim;
         tokio::time::sleep(Duration::from_secs(3)).await;
         victim.proc().kill9();
-        *k.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        *k.lock().unwrap_or_else(|p| p.into_inner()) = Some(load::mono_ns());
     };
     // Clients rotate to the next URL when their edge dies: give them the survivors after
     // the first.
@@ -391,7 +404,7 @@ pub async fn storm(a: &StormArgs) -> Report {
     if let Some(k) = *killed_at.lock().unwrap_or_else(|p| p.into_inner()) {
         let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram");
         for t in &r.rejoins {
-            let _ = h.record(t.saturating_duration_since(k).as_micros().max(1) as u64);
+            let _ = h.record((t.saturating_sub(k) / 1000).max(1));
         }
         rep.set("clients_resumed", r.rejoins.len());
         rep.latency("resumed_after_kill", &h);
@@ -446,6 +459,8 @@ pub async fn chaos(a: &ChaosArgs) -> ChaosOutcome {
         run_id: run_id(),
         pad: 16,
         all_on_first: false,
+        dialect: Dialect::Natter,
+        per_message: false,
     };
     let log = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let step = Duration::from_secs((a.seconds / 5).max(1));

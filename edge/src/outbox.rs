@@ -108,6 +108,18 @@ impl Outbox {
         }
     }
 
+    /// Offer several encoded frames at once, in order (one write when the socket is free).
+    pub fn offer_many(&self, wire_frames: &[Bytes]) -> Offer {
+        match self.socket.push_many(wire_frames) {
+            Push::Written | Push::Queued => Offer::Queued,
+            Push::Full => {
+                self.close(CloseReason::Slow);
+                Offer::Overflow
+            }
+            Push::Closed => Offer::Closed,
+        }
+    }
+
     /// Send a JSON text message, waiting for room in the queue (only the socket's own
     /// session does this, e.g. while replaying history). Returns false when the socket is
     /// gone or closing.

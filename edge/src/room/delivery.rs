@@ -27,6 +27,17 @@ use crate::outbox::{CloseReason, Offer, Outbox};
 pub trait Sink {
     /// Queue a frame without waiting.
     fn offer(&self, frame: Bytes) -> Offer;
+    /// Queue several frames, in order, without waiting (written together when the socket
+    /// is free). Stops at the first that is not queued.
+    fn offer_many(&self, frames: &[Bytes]) -> Offer {
+        for f in frames {
+            let o = self.offer(f.clone());
+            if o != Offer::Queued {
+                return o;
+            }
+        }
+        Offer::Queued
+    }
     /// Ask the socket to close.
     fn close(&self, reason: CloseReason);
 }
@@ -34,6 +45,10 @@ pub trait Sink {
 impl Sink for Outbox {
     fn offer(&self, frame: Bytes) -> Offer {
         Outbox::offer(self, frame)
+    }
+
+    fn offer_many(&self, frames: &[Bytes]) -> Offer {
+        Outbox::offer_many(self, frames)
     }
 
     fn close(&self, reason: CloseReason) {
@@ -66,6 +81,9 @@ pub struct Delivery<S> {
     /// Most frames buffered for a catching-up member before it is closed as slow.
     buffer_cap: usize,
     closed: bool,
+    /// Frames [`Delivery::stage`]d for the live members and not yet handed to them: a
+    /// batch of messages that arrived together reaches each socket in one write.
+    staged: Vec<Bytes>,
 }
 
 impl<S: Sink> Delivery<S> {
@@ -76,6 +94,7 @@ impl<S: Sink> Delivery<S> {
             members: HashMap::new(),
             buffer_cap: buffer_cap.max(1),
             closed: false,
+            staged: Vec::new(),
         }
     }
 
@@ -130,10 +149,12 @@ impl<S: Sink> Delivery<S> {
     /// End a member's catch-up: flush what arrived after its seam, then deliver live.
     /// Returns how many frames were queued.
     pub fn go_live(&mut self, id: u64) -> u64 {
+        // The staged frames are in this member's buffer already: hand them to the members
+        // live before it first, so they never reach it twice.
+        let mut queued = self.flush();
         let Some(m) = self.members.get_mut(&id) else {
-            return 0;
+            return queued;
         };
-        let mut queued = 0;
         for f in m.buffer.take().unwrap_or_default() {
             if m.sink.offer(f) != Offer::Queued {
                 break;
@@ -174,7 +195,7 @@ impl<S: Sink> Delivery<S> {
         if seq <= self.last_seq {
             return None;
         }
-        let mut queued = 0;
+        let mut queued = self.flush();
         for member in self.members.values_mut() {
             match &mut member.buffer {
                 Some(buf) if buf.len() >= self.buffer_cap => member.sink.close(CloseReason::Slow),
@@ -190,6 +211,46 @@ impl<S: Sink> Delivery<S> {
         Some(queued)
     }
 
+    /// Like [`Delivery::deliver`], but the live members get the frame at the next
+    /// [`Delivery::flush`], together with the other frames staged before it (catching-up
+    /// members buffer it at once, as always). Returns false when `seq` was already
+    /// delivered.
+    pub fn stage(&mut self, seq: u64, frame: &Bytes) -> bool {
+        if seq <= self.last_seq {
+            return false;
+        }
+        for member in self.members.values_mut() {
+            match &mut member.buffer {
+                Some(buf) if buf.len() >= self.buffer_cap => member.sink.close(CloseReason::Slow),
+                Some(buf) => buf.push(frame.clone()),
+                None => {}
+            }
+        }
+        self.staged.push(frame.clone());
+        self.last_seq = seq;
+        true
+    }
+
+    /// Hand the staged frames to every live member, in one offer each. Returns the frames
+    /// queued.
+    pub fn flush(&mut self) -> u64 {
+        if self.staged.is_empty() {
+            return 0;
+        }
+        let mut queued = 0;
+        let n = self.staged.len() as u64;
+        for member in self.members.values() {
+            if member.buffer.is_none() && member.sink.offer_many(&self.staged) == Offer::Queued {
+                queued += n;
+            }
+        }
+        self.staged.clear();
+        if self.staged.capacity() > 64 {
+            self.staged = Vec::new();
+        }
+        queued
+    }
+
     /// Move past `seq` without delivering it (a stored message that cannot be sent).
     pub fn skip(&mut self, seq: u64) {
         self.last_seq = self.last_seq.max(seq);
@@ -197,8 +258,8 @@ impl<S: Sink> Delivery<S> {
 
     /// An ephemeral event (typing, newUser, userLeft): to every member but the user it is
     /// about. Returns the frames queued.
-    pub fn broadcast_event(&self, frame: &Bytes, skip_user: Option<&str>) -> u64 {
-        let mut queued = 0;
+    pub fn broadcast_event(&mut self, frame: &Bytes, skip_user: Option<&str>) -> u64 {
+        let mut queued = self.flush();
         for member in self.members.values() {
             if skip_user == Some(member.user_token.as_str()) {
                 continue;

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_nats::{HeaderMap, Message};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use natter_bus::subjects;
 use natter_protocol::frame;
 use thiserror::Error;
@@ -124,7 +124,8 @@ impl Room {
         self.delivery().last_seq()
     }
 
-    /// Deliver stored message `seq` to every member, encoded once.
+    /// Stage stored message `seq` for every member, encoded once; the members get it at
+    /// the next [`Room::flush`].
     fn deliver(&self, deps: &RoomDeps, seq: u64, stored: &[u8], stamped: Option<&str>) {
         let m = &deps.metrics;
         let Some(json) = frame::with_message_id(stored, seq) else {
@@ -134,15 +135,22 @@ impl Room {
         };
         // One WebSocket frame for every member: the sockets share this buffer.
         let frame = wire::text(&json);
-        let t0 = Instant::now();
-        let Some(queued) = self.delivery().deliver(seq, &frame) else {
+        if !self.delivery().stage(seq, &frame) {
             return;
-        };
-        m.frames_out.inc_by(queued);
+        }
         m.room_messages_fanned_out.inc();
-        m.fanout_latency.observe(t0.elapsed());
         if let Some(lag) = stamped.and_then(lag_since) {
             m.delivery_lag.observe(lag);
+        }
+    }
+
+    /// Hand what was staged to the live members: one write per socket for the whole batch.
+    fn flush(&self, deps: &RoomDeps) {
+        let t0 = Instant::now();
+        let queued = self.delivery().flush();
+        if queued > 0 {
+            deps.metrics.frames_out.inc_by(queued);
+            deps.metrics.fanout_latency.observe(t0.elapsed());
         }
     }
 
@@ -166,6 +174,7 @@ impl Room {
             for m in msgs {
                 self.deliver(deps, m.seq, &m.payload, m.time.as_deref());
             }
+            self.flush(deps);
             next = last + 1;
         }
         Ok(())
@@ -215,6 +224,15 @@ impl Room {
         }
         let stamp = headers.get(subjects::HDR_TIME_STAMP).map(|v| v.as_str());
         self.deliver(deps, seq, &msg.payload, stamp);
+    }
+
+    /// Take a batch of live messages (those that arrived together), then flush them to the
+    /// members at once.
+    async fn on_batch(&self, deps: &RoomDeps, batch: &mut Vec<Message>) {
+        for msg in batch.drain(..) {
+            self.on_live(deps, msg).await;
+        }
+        self.flush(deps);
     }
 
     /// Keep the known names in step with `newUser` / `userLeft`.
@@ -296,14 +314,42 @@ impl Room {
     }
 }
 
+/// Most live messages taken in one batch.
+const BATCH: usize = 64;
+
 async fn run(room: Arc<Room>, deps: Arc<RoomDeps>, mut sub: async_nats::Subscriber) {
     let period = deps.tail_check;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch = Vec::new();
     loop {
         tokio::select! {
             msg = sub.next() => match msg {
-                Some(msg) => room.on_live(&deps, msg).await,
+                Some(msg) => {
+                    // Whatever else has arrived meanwhile goes out with it: under load a
+                    // socket gets several frames per write, idle it gets each at once.
+                    batch.push(msg);
+                    let mut ended = false;
+                    while batch.len() < BATCH {
+                        match sub.next().now_or_never() {
+                            Some(Some(m)) => batch.push(m),
+                            Some(None) => {
+                                ended = true;
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    room.on_batch(&deps, &mut batch).await;
+                    if batch.capacity() > BATCH {
+                        batch = Vec::new();
+                    }
+                    if ended {
+                        warn!("live subscription ended; members must resume");
+                        room.delivery().resync_all();
+                        return;
+                    }
+                }
                 None => {
                     warn!("live subscription ended; members must resume");
                     room.delivery().resync_all();

@@ -240,6 +240,8 @@ enum Op {
     GoLive { which: u8 },
     /// A member leaves.
     Leave { which: u8 },
+    /// The room's task ends its batch: staged frames go to the live members.
+    Flush,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -252,6 +254,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u8..6).prop_map(|back| Op::Join { back }),
         2 => any::<u8>().prop_map(|which| Op::GoLive { which }),
         1 => any::<u8>().prop_map(|which| Op::Leave { which }),
+        2 => Just(Op::Flush),
     ]
 }
 
@@ -284,10 +287,12 @@ impl World {
         self.stream.last().copied().unwrap_or(0)
     }
 
+    /// As `live.rs` repairs: the range is staged, then flushed.
     fn repair(stream: &[u64], d: &mut Delivery<Recorder>, from: u64, to: u64) {
         for &s in stream.iter().filter(|&&s| s >= from && s <= to) {
-            d.deliver(s, &frame(s));
+            d.stage(s, &frame(s));
         }
+        d.flush();
     }
 
     /// What `live.rs` does with one live message.
@@ -299,11 +304,11 @@ impl World {
         match d.on_live(seq, prev) {
             Live::Stale => {}
             Live::Deliver => {
-                d.deliver(seq, &frame(seq));
+                d.stage(seq, &frame(seq));
             }
             Live::RepairFirst { from, to } => {
                 Self::repair(&self.stream, d, from, to);
-                d.deliver(seq, &frame(seq));
+                d.stage(seq, &frame(seq));
             }
         }
     }
@@ -355,6 +360,11 @@ impl World {
                 }
             }
             Op::Tail => self.tail_check(),
+            Op::Flush => {
+                if let Some(room) = self.room.as_mut() {
+                    room.delivery.flush();
+                }
+            }
             Op::Join { back } => {
                 // The room subscribes first, then reads the stream's tail for its subject.
                 let tail = self.tail();
@@ -415,6 +425,9 @@ impl World {
     fn settle(&mut self) {
         while let Some((s, p)) = self.room.as_mut().and_then(|r| r.in_flight.pop_front()) {
             self.arrive(s, p);
+        }
+        if let Some(room) = self.room.as_mut() {
+            room.delivery.flush();
         }
         self.tail_check();
         for i in 0..self.members.len() {
@@ -481,8 +494,32 @@ fn the_property_harness_catches_a_missed_message() {
         Op::Publish { others: 0 },
         Op::Lose,
         Op::Arrive,
+        Op::Flush,
     ] {
         w.apply(&op);
     }
     assert_eq!(w.members[0].rec.got(), w.stream);
+}
+
+#[test]
+fn staged_frames_reach_live_members_together_and_a_member_going_live_once() {
+    let mut d = Delivery::new(0, 16);
+    let live = Recorder::default();
+    let late = Recorder::default();
+    d.add_member(1, live.clone(), "a".into());
+    d.go_live(1);
+    assert_eq!(d.add_member(2, late.clone(), "b".into()), Some(0));
+    assert!(d.stage(1, &frame(1)));
+    assert!(d.stage(2, &frame(2)));
+    assert!(!d.stage(2, &frame(2)), "already staged");
+    assert!(live.got().is_empty(), "nothing before the flush");
+    // The catching-up member goes live mid-batch: the batch reaches each member once.
+    d.go_live(2);
+    assert_eq!(live.got(), vec![1, 2]);
+    assert_eq!(late.got(), vec![1, 2]);
+    assert!(d.stage(3, &frame(3)));
+    assert_eq!(d.flush(), 2);
+    assert_eq!(d.flush(), 0);
+    assert_eq!(live.got(), vec![1, 2, 3]);
+    assert_eq!(late.got(), vec![1, 2, 3]);
 }

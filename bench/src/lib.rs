@@ -20,5 +20,6 @@ pub mod procs;
 pub mod report;
 pub mod scan;
 pub mod scenarios;
+pub mod stream_ceiling;
 pub mod topology;
 pub mod wsclient;

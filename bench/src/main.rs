@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use natter_bench::{archiver, procs, scenarios};
+use natter_bench::{archiver, procs, scenarios, stream_ceiling};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,6 +33,9 @@ enum Scenario {
     /// Archive throughput and lag: publish N stored messages across R rooms and measure
     /// rows/s written by natter-archiver and publish-ack → row-visible lag.
     Archiver(archiver::Args),
+    /// Write ceiling of the one CHAT stream: async JetStream publishes, acked msgs/s,
+    /// publish→ack latency and nats-server CPU (with --cluster: 3 nodes, R3).
+    StreamCeiling(stream_ceiling::Args),
 }
 
 /// natter binaries used by scenarios; found through `NATTER_BIN_<NAME>` by natter-testkit.
@@ -88,6 +91,7 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             Scenario::Archiver(args) => return archiver::run(args).await,
+            Scenario::StreamCeiling(args) => return stream_ceiling::run(args).await,
         }
         Ok(())
     })

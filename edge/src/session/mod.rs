@@ -223,10 +223,11 @@ impl Session {
         let ping_every = Duration::from_secs(config.ping_interval_secs).max(Duration::from_secs(1));
         let idle_after = Duration::from_secs(config.idle_timeout_secs).max(Duration::from_secs(1));
         let start = tokio::time::Instant::now();
-        let mut ping = tokio::time::interval_at(start + ping_every, ping_every);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let join_by = tokio::time::sleep_until(start + config.join_timeout());
-        tokio::pin!(join_by);
+        // One timer for both the next ping and the join deadline (a socket pays for one).
+        let mut next_ping = start + ping_every;
+        let join_by = start + config.join_timeout();
+        let timer = tokio::time::sleep_until(next_ping.min(join_by));
+        tokio::pin!(timer);
         let mut join_checked = false;
         let mut drain_sent = false;
         let mut last_heard = start;
@@ -278,19 +279,25 @@ impl Session {
                         return End::Close(self.outbox.closing().unwrap_or(CloseReason::Done));
                     }
                 }
-                _ = ping.tick() => {
-                    if last_heard.elapsed() > idle_after {
-                        return End::Close(CloseReason::Idle);
+                () = &mut timer => {
+                    let now = tokio::time::Instant::now();
+                    if !join_checked && now >= join_by {
+                        join_checked = true;
+                        // Holding a socket costs the edge; one that joins nothing is closed.
+                        if self.joined.lock().is_empty() {
+                            debug!(join_timeout = ?config.join_timeout(), "no room joined in time; closing");
+                            return End::Close(CloseReason::NoJoin);
+                        }
                     }
-                    self.outbox.send_control(wire::encode(wire::OpCode::Ping, b"natter"));
-                }
-                () = &mut join_by, if !join_checked => {
-                    join_checked = true;
-                    // Holding a socket costs the edge; one that joins nothing is closed.
-                    if self.joined.lock().is_empty() {
-                        debug!(join_timeout = ?config.join_timeout(), "no room joined in time; closing");
-                        return End::Close(CloseReason::NoJoin);
+                    if now >= next_ping {
+                        if last_heard.elapsed() > idle_after {
+                            return End::Close(CloseReason::Idle);
+                        }
+                        self.outbox.send_control(wire::encode(wire::OpCode::Ping, b"natter"));
+                        next_ping = now + ping_every;
                     }
+                    let next = if join_checked { next_ping } else { next_ping.min(join_by) };
+                    timer.as_mut().reset(next);
                 }
             }
         }

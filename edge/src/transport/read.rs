@@ -212,11 +212,19 @@ impl MessageReader {
         }
     }
 
-    /// One non-blocking read, sized by what the pending frame still needs.
+    /// One non-blocking read, sized by what the pending frame still needs. With nothing
+    /// buffered it reads onto the stack first, so a wake-up that finds no data (readiness
+    /// is only cleared by a read that would block) leaves the idle socket holding nothing.
     fn fill(&mut self, tcp: &TcpStream) -> std::io::Result<usize> {
         if self.start > 0 {
             self.buf.drain(..self.start);
             self.start = 0;
+        }
+        if self.buf.is_empty() {
+            let mut first = [0u8; FIRST_READ];
+            let n = tcp.try_read(&mut first)?;
+            self.buf = first[..n].to_vec();
+            return Ok(n);
         }
         let need = frame::wanted(&self.buf).saturating_sub(self.buf.len());
         let want = need.clamp(FIRST_READ, MAX_READ);
@@ -267,6 +275,7 @@ impl MessageReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn a_whole_frame_is_a_message() {
@@ -351,6 +360,56 @@ mod tests {
         assert_eq!(
             r.push(OpCode::Binary, true, b"\xff"),
             Step::Message(Message::Binary(vec![0xff]))
+        );
+    }
+
+    /// A masked client text frame.
+    fn client_text(payload: &[u8]) -> Vec<u8> {
+        let mask = [9u8, 8, 7, 6];
+        let mut out = vec![0x81, 0x80 | payload.len() as u8];
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        out
+    }
+
+    #[tokio::test]
+    async fn an_idle_reader_holds_no_buffer_and_frames_split_anywhere_arrive_whole() {
+        use tokio::io::AsyncWriteExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (c, s) = tokio::join!(
+            tokio::net::TcpStream::connect(l.local_addr().unwrap()),
+            l.accept()
+        );
+        let (mut c, s) = (c.unwrap(), s.unwrap().0);
+        // The first frame arrived behind the upgrade request.
+        let first = client_text(b"one");
+        let mut r = MessageReader::new(Bytes::from(first), 100);
+        assert_eq!(
+            r.next(&s).await,
+            Ok(Incoming::Message(Message::Text(b"one".to_vec())))
+        );
+        assert_eq!(r.buffered_capacity(), 0);
+        // A frame written in two parts.
+        let two = client_text(b"two");
+        c.write_all(&two[..3]).await.unwrap();
+        let pending = tokio::time::timeout(Duration::from_millis(100), r.next(&s)).await;
+        assert!(pending.is_err(), "half a frame is not a message");
+        c.write_all(&two[3..]).await.unwrap();
+        assert_eq!(
+            r.next(&s).await,
+            Ok(Incoming::Message(Message::Text(b"two".to_vec())))
+        );
+        // Waiting on a silent socket (cancelled, as the session's select! does) holds nothing.
+        for _ in 0..3 {
+            let idle = tokio::time::timeout(Duration::from_millis(20), r.next(&s)).await;
+            assert!(idle.is_err());
+            assert_eq!(r.buffered_capacity(), 0);
+        }
+        drop(c);
+        assert_eq!(
+            r.next(&s).await,
+            Err(ReadEnd::Failed),
+            "closed without a close frame"
         );
     }
 

@@ -133,7 +133,7 @@ impl Metrics {
             ),
             fanout_latency: r.histogram(
                 "natter_edge_fanout_seconds",
-                "Time to queue one room message to every local member.",
+                "Time to hand one batch of room messages to every local member (the socket writes included).",
                 fast,
             ),
             delivery_lag: r.histogram(

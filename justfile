@@ -42,6 +42,12 @@ bench scenario *args: tools
     cargo build --release --bins
     target/release/natter-bench {{scenario}} {{args}}
 
+# natter vs Socket.IO v4 + Redis adapter, same clients: `just bench-peer --rates 10,25,50,100 --floor`.
+bench-peer *args: tools
+    bench/peer/setup.sh
+    cargo build --release --bins
+    target/release/natter-bench peer --no-setup {{args}}
+
 # Deploy to a cluster: `just deploy minikube` or `just deploy okteto` (see README "Deploy").
 deploy target:
     scripts/deploy.sh {{target}}

@@ -37,6 +37,9 @@ pub enum Incoming<'a> {
     Ack(u64),
     /// The answer to the join (or resume).
     JoinResult(bool),
+    /// natter's `welcome`, sent after a join's answer once the member is in the room (its
+    /// history and live messages follow).
+    Welcome,
     /// The message was refused for now (rate limited, not stored): send it again later.
     Refused,
     /// The server asks the client to move (drain) and resume.
@@ -151,6 +154,11 @@ impl Dialect {
         }
     }
 
+    /// Whether a join is complete only with [`Incoming::Welcome`] after its answer.
+    pub fn welcomes(self) -> bool {
+        self == Dialect::Natter
+    }
+
     /// Whether a sender's own delivery is its acknowledgement.
     pub fn echo_acks(self) -> bool {
         self == Dialect::Natter
@@ -190,8 +198,10 @@ fn natter<'a>(frame: &'a [u8], prefix: &[u8]) -> Incoming<'a> {
             sent_ns,
         };
     }
-    if str_field(frame, b"method") == Some(b"reconnect") {
-        return Incoming::Reconnect;
+    match str_field(frame, b"method") {
+        Some(b"reconnect") => return Incoming::Reconnect,
+        Some(b"welcome") => return Incoming::Welcome,
+        _ => {}
     }
     if field(frame, b"error").is_some() {
         // Rare: the whole frame through serde.
@@ -288,6 +298,13 @@ mod tests {
                 b"run-"
             ),
             Incoming::Reconnect
+        );
+        assert_eq!(
+            d.classify(
+                br#"{"jsonrpc":"2.0","method":"welcome","params":{"members":["a"]}}"#,
+                b"run-"
+            ),
+            Incoming::Welcome
         );
         assert_eq!(
             d.classify(

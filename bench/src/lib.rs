@@ -3,7 +3,8 @@
 //! Each scenario starts the topology it measures on loopback with real processes
 //! (nats-server, edges, Postgres and the archiver from this workspace's binaries, through
 //! `natter-testkit`) — or targets given edge URLs — drives it with real WebSocket clients
-//! speaking protocol v1, and reports what it measured: deliveries expected vs received, lost
+//! speaking protocol v1 (or, for `peer`, Socket.IO v4 against a Node cluster through the same
+//! clients), and reports what it measured: deliveries expected vs received, lost
 //! and duplicated deliveries, throughput, end-to-end latency percentiles, CPU seconds per
 //! server process, memory per idle connection, archive rows/s and lag, and for chaos,
 //! Postgres rows vs acknowledged messages.
@@ -14,8 +15,11 @@
 
 pub mod archive_check;
 pub mod archiver;
+pub mod bigroom;
 pub mod dialect;
+pub mod floor;
 pub mod load;
+pub mod peer;
 pub mod procs;
 pub mod report;
 pub mod scan;

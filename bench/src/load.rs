@@ -50,6 +50,11 @@ pub struct LoadSpec {
     pub dialect: Dialect,
     /// Keep every member's (message, receipt time) to time each message's whole fan-out.
     pub per_message: bool,
+    /// Join by resuming after message 0 (natter's `reconnect`): the same membership and
+    /// catch-up without a `newUser` notification to every member (in a room of thousands,
+    /// joins would otherwise send each member a notification per later joiner).
+    #[serde(default)]
+    pub quiet_join: bool,
 }
 
 /// What every member saw.
@@ -177,6 +182,14 @@ pub fn mono_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// With `NATTER_BENCH_DEBUG` set, why members reconnect (on stderr).
+fn trace(index: usize, what: std::fmt::Arguments<'_>) {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *ON.get_or_init(|| std::env::var_os("NATTER_BENCH_DEBUG").is_some()) {
+        eprintln!("member {index}: {what}");
+    }
+}
+
 pub fn room_name(run: &str, r: usize) -> String {
     format!("{run}-room-{r}")
 }
@@ -217,6 +230,9 @@ where
     let (stop_tx, stop_rx) = watch::channel(false);
     let (go_tx, go_rx) = watch::channel(false);
     let joined = Arc::new(AtomicU64::new(0));
+    // First joins arrive like a crowd, not all in the same millisecond (a few hundred in
+    // flight per process): a burst of thousands only measures the presence store's timeouts.
+    let gate = Arc::new(tokio::sync::Semaphore::new(256));
     let mut tasks = Vec::new();
     let (mine, of) = (share.0, share.1.max(1));
     for r in 0..spec.rooms {
@@ -231,14 +247,16 @@ where
                 sender: u < spec.senders_per_room,
             };
             let spec = spec.clone();
-            let (next_msg, stop, go, joined) = (
+            let (next_msg, stop, go, joined, gate) = (
                 next_msg.clone(),
                 stop_rx.clone(),
                 go_rx.clone(),
                 joined.clone(),
+                gate.clone(),
             );
             tasks.push(tokio::spawn(async move {
-                member(spec, m, i, (mine, of), next_msg, stop, go, joined).await
+                let permit = gate.acquire_owned().await.ok();
+                member(spec, m, i, (mine, of), next_msg, stop, go, (joined, permit)).await
             }));
             if tasks.len() % 200 == 199 {
                 tokio::task::yield_now().await;
@@ -338,7 +356,7 @@ async fn member(
     next_msg: Arc<AtomicU64>,
     mut stop: watch::Receiver<bool>,
     mut go: watch::Receiver<bool>,
-    joined: Arc<AtomicU64>,
+    (joined, mut permit): (Arc<AtomicU64>, Option<tokio::sync::OwnedSemaphorePermit>),
 ) -> MemberResult {
     let dialect = spec.dialect;
     let room = room_name(&spec.run_id, m.room);
@@ -395,7 +413,13 @@ async fn member(
         if !dialect.open(&mut conn).await {
             continue;
         }
-        let last = (!last_id.is_empty()).then_some(last_id.as_str());
+        let last = if !last_id.is_empty() {
+            Some(last_id.as_str())
+        } else if spec.quiet_join {
+            Some("0")
+        } else {
+            None
+        };
         if !conn
             .send(dialect.join(&room, &user_id, &user_name, last).as_bytes())
             .await
@@ -403,18 +427,30 @@ async fn member(
             continue;
         }
         let mut ok = false;
-        // Wait for the join's answer; history may follow.
+        // Wait for the join's answer (and natter's welcome, after which the member is in
+        // the room: counting it joined earlier would start the load while the edges still
+        // admit members); history may follow.
+        let mut answered = false;
         while let Ok(ev) = tokio::time::timeout(Duration::from_secs(30), conn.next()).await {
             if ev != Event::Text {
                 break;
             }
-            let (result, ping) = match dialect.classify(conn.text(), prefix.as_bytes()) {
-                Incoming::JoinResult(r) => (Some(r), false),
-                Incoming::Ping => (None, true),
-                _ => (None, false),
+            let (result, ping, welcome) = match dialect.classify(conn.text(), prefix.as_bytes()) {
+                Incoming::JoinResult(r) => (Some(r), false, false),
+                Incoming::Ping => (None, true, false),
+                Incoming::Welcome => (None, false, true),
+                _ => (None, false, false),
             };
-            if let Some(r) = result {
-                ok = r;
+            if result == Some(false) {
+                trace(
+                    index,
+                    format_args!("join refused: {}", String::from_utf8_lossy(conn.text())),
+                );
+                break;
+            }
+            answered |= result == Some(true);
+            if answered && (welcome || !dialect.welcomes()) {
+                ok = true;
                 break;
             }
             if ping && !conn.send(dialect.pong()).await {
@@ -422,6 +458,7 @@ async fn member(
             }
         }
         if !ok {
+            trace(index, format_args!("join failed"));
             continue;
         }
         if counted_join {
@@ -429,13 +466,7 @@ async fn member(
         } else {
             counted_join = true;
             joined.fetch_add(1, Relaxed);
-            // Wait for the start signal without reading: history arrives meanwhile and is
-            // read below.
-            while !*go.borrow_and_update() {
-                if go.changed().await.is_err() {
-                    break;
-                }
-            }
+            drop(permit.take());
         }
         // Resend what was never acknowledged (same uuid: the stream deduplicates).
         for text in pending.values() {
@@ -448,6 +479,7 @@ async fn member(
             tokio::select! {
                 ev = conn.next() => {
                     if ev != Event::Text {
+                        trace(index, format_args!("{ev:?}"));
                         continue 'outer;
                     }
                     last_rx = Instant::now();
@@ -469,11 +501,12 @@ async fn member(
                             }
                             Incoming::Reconnect => (None, None, false, true, None),
                             Incoming::Ping => (None, None, true, false, None),
-                            Incoming::JoinResult(_) | Incoming::Other => {
+                            Incoming::JoinResult(_) | Incoming::Welcome | Incoming::Other => {
                                 (None, None, false, false, None)
                             }
                         };
                     if move_on {
+                        trace(index, format_args!("asked to move: {}", String::from_utf8_lossy(conn.text())));
                         continue 'outer; // drain or slow: move and resume
                     }
                     if pong && !conn.send(dialect.pong()).await {
@@ -522,6 +555,13 @@ async fn member(
                                 continue 'outer;
                             }
                         }
+                    }
+                }
+                // Before the start signal the member reads (history, presence) but sends
+                // nothing.
+                r = go.changed(), if !*go.borrow() => {
+                    if r.is_err() {
+                        break 'outer;
                     }
                 }
                 _ = stop.changed(), if stopping_since.is_none() => {
@@ -576,6 +616,7 @@ mod tests {
             all_on_first: false,
             dialect: Dialect::Natter,
             per_message: true,
+            quiet_join: false,
         };
         // Room 0: messages 1, 2 acked; the second member misses 2. Room 1: message 3 acked,
         // delivered twice to one member. A message nobody acked (4) does not count.

@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use natter_bench::{archiver, procs, scenarios, stream_ceiling};
+use natter_bench::{archiver, bigroom, floor, peer, procs, scenarios, stream_ceiling};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -19,8 +19,15 @@ struct Cli {
 enum Scenario {
     /// R rooms × U users, S senders per room at a rate, members spread over the edges.
     Fanout(scenarios::FanoutArgs),
-    /// One room of thousands of members.
+    /// One room of thousands of members, the generator spread over worker processes.
     BigRoom(scenarios::BigRoomArgs),
+    /// natter vs a Socket.IO v4 + Redis adapter cluster, same clients, same loads.
+    Peer(peer::PeerArgs),
+    /// The raw loopback TCP floor: frames/s with one and with K frames per write.
+    Floor(floor::FloorArgs),
+    /// (internal) One share of a load, run by `big-room`'s parent process.
+    #[command(hide = true)]
+    Worker(bigroom::WorkerArgs),
     /// N joined idle connections; edge memory per connection.
     Idle(scenarios::IdleArgs),
     /// A member misses M messages and resumes; time to have them all.
@@ -70,10 +77,10 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         match cli.scenario {
             Scenario::Fanout(a) => scenarios::fanout("fanout", &a).await.print(a.json),
-            Scenario::BigRoom(a) => {
-                let json = a.json;
-                scenarios::fanout("big-room", &a.into()).await.print(json)
-            }
+            Scenario::BigRoom(a) => bigroom::run(&a).await.print(a.json),
+            Scenario::Peer(a) => return peer::run(&a).await,
+            Scenario::Floor(a) => floor::floor(&a).await.print(a.json),
+            Scenario::Worker(a) => return bigroom::worker(&a).await,
             Scenario::Idle(a) => scenarios::idle(&a).await.print(a.json),
             Scenario::CatchUp(a) => scenarios::catchup(&a).await.print(a.json),
             Scenario::ReconnectStorm(a) => scenarios::storm(&a).await.print(a.json),

@@ -28,7 +28,7 @@ fn run_id() -> String {
 
 /// Source addresses 127.0.0.2.. so many connections do not exhaust one address's
 /// ephemeral ports (about 28k per source/destination pair).
-fn sources(connections: usize) -> Vec<IpAddr> {
+pub fn sources(connections: usize) -> Vec<IpAddr> {
     let n = connections / 20_000 + 1;
     (0..n)
         .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8)))
@@ -53,6 +53,10 @@ pub struct FanoutArgs {
     pub pad: usize,
     #[command(flatten)]
     pub topology: TopologyArgs,
+    /// Measure the loopback floor (`natter-bench floor`) first and give deliveries/s as a
+    /// fraction of its one-frame-per-write figure.
+    #[arg(long)]
+    pub floor: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -60,17 +64,20 @@ pub struct FanoutArgs {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BigRoomArgs {
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 10_000)]
     pub users: usize,
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 1)]
     pub senders: usize,
-    /// Messages per second per sender.
-    #[arg(long, default_value_t = 5.0)]
+    /// Messages per second per sender (low: this measures latency, not throughput).
+    #[arg(long, default_value_t = 2.0)]
     pub rate: f64,
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
     #[arg(long, default_value_t = 64)]
     pub pad: usize,
+    /// Generator processes the members are spread over.
+    #[arg(long, default_value_t = 4)]
+    pub procs: usize,
     #[command(flatten)]
     pub topology: TopologyArgs,
     /// Print one JSON object instead of text.
@@ -88,6 +95,7 @@ impl From<BigRoomArgs> for FanoutArgs {
             seconds: b.seconds,
             pad: b.pad,
             topology: b.topology,
+            floor: false,
             json: b.json,
         }
     }
@@ -95,6 +103,14 @@ impl From<BigRoomArgs> for FanoutArgs {
 
 /// `fanout` (and `big-room`: one room): steady traffic, every delivery accounted.
 pub async fn fanout(name: &str, a: &FanoutArgs) -> Report {
+    let floor = if a.floor {
+        tokio::task::spawn_blocking(|| crate::floor::measure(&Default::default()))
+            .await
+            .ok()
+            .and_then(Result::ok)
+    } else {
+        None
+    };
     let mut topo = Topology::start(&a.topology, false).await;
     let procs = topo.processes();
     let spec = LoadSpec {
@@ -110,6 +126,7 @@ pub async fn fanout(name: &str, a: &FanoutArgs) -> Report {
         all_on_first: false,
         dialect: Dialect::Natter,
         per_message: false,
+        quiet_join: false,
     };
     let before = cpu_snapshot(&procs);
     let r = load::run(&spec, async {}).await;
@@ -121,6 +138,11 @@ pub async fn fanout(name: &str, a: &FanoutArgs) -> Report {
     );
     rep.load(&r);
     rep.cpu(&procs, &before);
+    if let Some(f) = floor {
+        let per_s = r.delivered as f64 / r.elapsed.as_secs_f64().max(1e-9);
+        rep.set("loopback_floor", f.summary());
+        rep.set("deliveries_per_s_of_floor", f.fraction(per_s));
+    }
     rep
 }
 
@@ -383,6 +405,7 @@ pub async fn storm(a: &StormArgs) -> Report {
         all_on_first: true,
         dialect: Dialect::Natter,
         per_message: false,
+        quiet_join: false,
     };
     let victim = topo.edges.remove(0);
     let survivors = urls[1..].to_vec();
@@ -461,6 +484,7 @@ pub async fn chaos(a: &ChaosArgs) -> ChaosOutcome {
         all_on_first: false,
         dialect: Dialect::Natter,
         per_message: false,
+        quiet_join: false,
     };
     let log = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let step = Duration::from_secs((a.seconds / 5).max(1));

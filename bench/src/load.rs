@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -227,7 +227,9 @@ where
     F: std::future::Future<Output = ()>,
 {
     let next_msg = Arc::new(AtomicU64::new(1));
-    let (stop_tx, stop_rx) = watch::channel(false);
+    // Polled, not awaited: a shared watch in every member's select! would put a lock on
+    // each delivery's path.
+    let stop = Arc::new(AtomicBool::new(false));
     let (go_tx, go_rx) = watch::channel(false);
     let joined = Arc::new(AtomicU64::new(0));
     // First joins arrive like a crowd, not all in the same millisecond (a few hundred in
@@ -249,7 +251,7 @@ where
             let spec = spec.clone();
             let (next_msg, stop, go, joined, gate) = (
                 next_msg.clone(),
-                stop_rx.clone(),
+                stop.clone(),
                 go_rx.clone(),
                 joined.clone(),
                 gate.clone(),
@@ -274,7 +276,7 @@ where
     let _ = go_tx.send(true);
     let timer = tokio::time::sleep(spec.duration);
     tokio::join!(timer, during);
-    let _ = stop_tx.send(true);
+    stop.store(true, Relaxed);
     let mut results = Vec::new();
     for t in tasks {
         if let Ok(r) = t.await {
@@ -354,7 +356,7 @@ async fn member(
     index: usize,
     share: (usize, usize),
     next_msg: Arc<AtomicU64>,
-    mut stop: watch::Receiver<bool>,
+    stop: Arc<AtomicBool>,
     mut go: watch::Receiver<bool>,
     (joined, mut permit): (Arc<AtomicU64>, Option<tokio::sync::OwnedSemaphorePermit>),
 ) -> MemberResult {
@@ -390,9 +392,11 @@ async fn member(
     let period = Duration::from_secs_f64(1.0 / spec.rate.max(0.001));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut retry = tokio::time::interval(Duration::from_millis(500));
+    // Also how often a member looks at the stop flag when nothing arrives.
+    let mut retry = tokio::time::interval(Duration::from_millis(250));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stopping_since: Option<Instant> = None;
+    let mut started = false;
     let mut last_rx = Instant::now();
     // Bounded: every iteration either makes progress or ends on the stop deadline.
     'outer: for attempt in 0..10_000u32 {
@@ -400,6 +404,9 @@ async fn member(
             res.reconnects += 1;
             edge = (edge + 1) % spec.urls.len().max(1);
             tokio::time::sleep(Duration::from_millis(50 + (index % 50) as u64)).await;
+        }
+        if stopping_since.is_none() && stop.load(Relaxed) {
+            stopping_since = Some(Instant::now());
         }
         if stopping_since.is_some_and(|t| t.elapsed() > Duration::from_secs(30)) {
             break;
@@ -535,7 +542,7 @@ async fn member(
                         res.acked.push(n);
                     }
                 }
-                _ = tick.tick(), if sending && *go.borrow() => {
+                _ = tick.tick(), if sending && started => {
                     // Numbers are unique over all worker processes: interleaved by share.
                     let n = next_msg.fetch_add(1, Relaxed) * share.1 as u64 + share.0 as u64;
                     let text = format!("{} {pad}", mono_ns());
@@ -559,14 +566,15 @@ async fn member(
                 }
                 // Before the start signal the member reads (history, presence) but sends
                 // nothing.
-                r = go.changed(), if !*go.borrow() => {
+                r = go.changed(), if !started => {
                     if r.is_err() {
                         break 'outer;
                     }
+                    started = *go.borrow_and_update();
                 }
-                _ = stop.changed(), if stopping_since.is_none() => {
-                    stopping_since = Some(Instant::now());
-                }
+            }
+            if stopping_since.is_none() && stop.load(Relaxed) {
+                stopping_since = Some(Instant::now());
             }
             if let Some(t) = stopping_since {
                 // Done when our own messages are all acknowledged and the room went quiet.

@@ -360,7 +360,7 @@ pub async fn idle_memory(
                 let _permit = gate.acquire_owned().await.ok()?;
                 join(dialect, &url, src, &room, &uid, &name).await?
             };
-            Some(tokio::spawn(hold(c, stop)))
+            Some(tokio::spawn(hold(c, dialect, stop)))
         }));
     }
     let mut held = Vec::new();

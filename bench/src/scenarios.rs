@@ -199,7 +199,7 @@ pub async fn idle(a: &IdleArgs) -> Report {
     let mut failed = 0usize;
     for j in joins {
         match j.await {
-            Ok(Some(c)) => conns.push(tokio::spawn(hold(c, stop_rx.clone()))),
+            Ok(Some(c)) => conns.push(tokio::spawn(hold(c, Dialect::Natter, stop_rx.clone()))),
             _ => failed += 1,
         }
     }
@@ -232,11 +232,20 @@ pub async fn idle(a: &IdleArgs) -> Report {
     rep
 }
 
-/// Keep a joined connection alive (read and drop what arrives, answer pings) until `stop`.
-pub async fn hold(mut c: Conn, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// Keep a joined connection alive (read and drop what arrives, answer pings, the
+/// dialect's too) until `stop`.
+pub async fn hold(mut c: Conn, dialect: Dialect, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         tokio::select! {
-            ev = c.next() => if ev != Event::Text { return },
+            ev = c.next() => {
+                if ev != Event::Text {
+                    return;
+                }
+                let ping = dialect.classify(c.text(), b"-") == crate::dialect::Incoming::Ping;
+                if ping && !c.send(dialect.pong()).await {
+                    return;
+                }
+            }
             _ = stop.changed() => break,
         }
     }

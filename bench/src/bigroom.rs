@@ -52,7 +52,7 @@ pub async fn worker(a: &WorkerArgs) -> anyhow::Result<()> {
         .and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?)))
         .ok_or_else(|| anyhow::anyhow!("--share wants i/n"))?;
     let joined = std::cell::Cell::new(0);
-    let results = load::run_share(
+    let (results, held) = load::run_share(
         &spec,
         (i, n),
         |j| {
@@ -75,6 +75,14 @@ pub async fn worker(a: &WorkerArgs) -> anyhow::Result<()> {
         members: results.iter().map(MemberWire::from).collect(),
     };
     println!("{}", serde_json::to_string(&report)?);
+    // Connections stay open until the parent has its CPU figures (every leave notifies the
+    // whole room: N² frames that are not the load).
+    let _ = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)
+    })
+    .await;
+    drop(held);
     Ok(())
 }
 
@@ -86,15 +94,15 @@ pub struct Gathered {
     /// When sending started ([`load::mono_ns`]).
     pub t0: u64,
     pub joined: usize,
-    /// CPU seconds of `procs` at the start signal.
-    pub before: Vec<(String, f64)>,
 }
 
-/// Run `spec` over `n` worker processes; CPU of `procs` is taken at the start signal.
+/// Run `spec` over `n` worker processes. `at_end` is called with the CPU seconds `procs`
+/// had at the start signal once every worker reported, before any member leaves.
 pub async fn run_workers(
     spec: &LoadSpec,
     n: usize,
     procs: &[(String, u32)],
+    at_end: impl FnOnce(&[(String, f64)]),
 ) -> anyhow::Result<Gathered> {
     let exe = std::env::current_exe()?;
     let spec_json = serde_json::to_string(spec)?;
@@ -144,12 +152,19 @@ pub async fn run_workers(
     }
     let mut members = Vec::new();
     let mut cpu = 0.0;
-    for (mut c, mut lines) in children {
+    for (_, lines) in children.iter_mut() {
         let line = lines.next_line().await?.unwrap_or_default();
         let r: WorkerReport =
             serde_json::from_str(&line).map_err(|e| anyhow::anyhow!("worker report: {e}"))?;
         cpu += r.cpu_s;
         members.extend(r.members.into_iter().map(MemberResult::from));
+    }
+    at_end(&before);
+    for (mut c, _) in children {
+        if let Some(stdin) = c.stdin.as_mut() {
+            let _ = stdin.write_all(b"close\n").await;
+            let _ = stdin.flush().await;
+        }
         let _ = c.wait().await;
     }
     Ok(Gathered {
@@ -157,7 +172,6 @@ pub async fn run_workers(
         worker_cpu_s: cpu - worker_cpu0,
         t0,
         joined,
-        before,
     })
 }
 
@@ -186,14 +200,19 @@ pub async fn run(a: &BigRoomArgs) -> Report {
         json!({"users": a.users, "senders": a.senders, "rate_per_sender": a.rate,
                "seconds": a.seconds, "edges": spec.urls.len(), "generator_processes": a.procs}),
     );
-    let g = match run_workers(&spec, a.procs.max(1), &procs).await {
+    let mut cpu = Report::new("cpu");
+    let g = match run_workers(&spec, a.procs.max(1), &procs, |before| {
+        cpu.cpu(&procs, before)
+    })
+    .await
+    {
         Ok(x) => x,
         Err(e) => {
             rep.set("error", e.to_string());
             return rep;
         }
     };
-    let (before, worker_cpu) = (g.before, g.worker_cpu_s);
+    let worker_cpu = g.worker_cpu_s;
     let r = load::account(&spec, g.members, g.t0);
     rep.set("joined", g.joined);
     rep.load(&r);
@@ -208,11 +227,13 @@ pub async fn run(a: &BigRoomArgs) -> Report {
     }
     rep.latency("reach_all_members", &reach);
     rep.set("messages_not_reaching_all", partial);
-    rep.cpu(&procs, &before);
+    for (k, v) in cpu.figures {
+        rep.set(&k, v);
+    }
     rep.set("generator_cpu_s_workers", round(worker_cpu, 2));
     rep.set(
         "cpu_note",
-        "from the start signal on (joins excluded); load-generator is the parent, which only coordinates",
+        "from the start signal until every member had all messages (joins and leaves excluded); load-generator is the parent, which only coordinates",
     );
     rep
 }

@@ -196,9 +196,15 @@ pub fn room_name(run: &str, r: usize) -> String {
 
 /// Run the load; `during` is awaited concurrently (chaos actions) and the load keeps
 /// going until both it and the duration are over.
-pub async fn run<F: std::future::Future<Output = ()>>(spec: &LoadSpec, during: F) -> LoadResult {
+/// The connections stay open in the returned [`Held`] until it is dropped: take server CPU
+/// figures first (every member leaving sends `userLeft` to the rest of its room, which in
+/// a big room is N² frames that are not the load).
+pub async fn run<F: std::future::Future<Output = ()>>(
+    spec: &LoadSpec,
+    during: F,
+) -> (LoadResult, Held) {
     let t0 = std::cell::Cell::new(0u64);
-    let results = run_share(
+    let (results, held) = run_share(
         spec,
         (0, 1),
         |_| {},
@@ -208,7 +214,20 @@ pub async fn run<F: std::future::Future<Output = ()>>(spec: &LoadSpec, during: F
         during,
     )
     .await;
-    account(spec, results, t0.get())
+    (account(spec, results, t0.get()), held)
+}
+
+/// Members' connections after the load (closed when dropped).
+pub struct Held(Vec<Conn>);
+
+impl Held {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// Run the members `i` with `i % share.1 == share.0`: once they all joined (bounded wait),
@@ -220,7 +239,7 @@ pub async fn run_share<R, G, F>(
     ready: R,
     go: G,
     during: F,
-) -> Vec<MemberResult>
+) -> (Vec<MemberResult>, Held)
 where
     R: FnOnce(usize),
     G: std::future::Future<Output = ()>,
@@ -278,12 +297,14 @@ where
     tokio::join!(timer, during);
     stop.store(true, Relaxed);
     let mut results = Vec::new();
+    let mut held = Vec::new();
     for t in tasks {
-        if let Ok(r) = t.await {
+        if let Ok((r, c)) = t.await {
             results.push(r);
+            held.extend(c);
         }
     }
-    results
+    (results, Held(held))
 }
 
 /// Merge member records into the run's figures; `t0` is when sending started
@@ -359,7 +380,7 @@ async fn member(
     stop: Arc<AtomicBool>,
     mut go: watch::Receiver<bool>,
     (joined, mut permit): (Arc<AtomicU64>, Option<tokio::sync::OwnedSemaphorePermit>),
-) -> MemberResult {
+) -> (MemberResult, Option<Conn>) {
     let dialect = spec.dialect;
     let room = room_name(&spec.run_id, m.room);
     let user_id = format!("{}-r{}u{}", spec.run_id, m.room, m.user);
@@ -489,11 +510,12 @@ async fn member(
                         trace(index, format_args!("{ev:?}"));
                         continue 'outer;
                     }
-                    last_rx = Instant::now();
                     // What the frame means, copied out of it so the socket is free again.
                     let (n, sent_ns, pong, move_on, acked) =
                         match dialect.classify(conn.text(), prefix.as_bytes()) {
                             Incoming::Delivery { msg_id, n, sent_ns } => {
+                                // Quiet means no room messages (presence comes and goes).
+                                last_rx = Instant::now();
                                 if let Some(id) = msg_id.and_then(|i| std::str::from_utf8(i).ok()) {
                                     last_id.clear();
                                     last_id.push_str(id);
@@ -580,20 +602,25 @@ async fn member(
                 // Done when our own messages are all acknowledged and the room went quiet.
                 let quiet = last_rx.elapsed() > Duration::from_millis(1500);
                 if (pending.is_empty() && quiet) || t.elapsed() > Duration::from_secs(30) {
-                    conn.close().await;
-                    break 'outer;
+                    // Kept open until the caller has its figures.
+                    return (res, Some(conn));
                 }
             }
         }
     }
-    res
+    (res, None)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn member(room: usize, received: &[u64], duplicates: u64, acked: &[u64]) -> MemberResult {
+    fn member(
+        room: usize,
+        received: &[u64],
+        duplicates: u64,
+        acked: &[u64],
+    ) -> MemberResult {
         MemberResult {
             room,
             received: received.iter().copied().collect(),

@@ -272,7 +272,7 @@ async fn measure(
     // CPU is taken over the sending phase and its quiet tail, after every member joined.
     let before = std::sync::Mutex::new(Vec::new());
     let t0 = std::cell::Cell::new(0u64);
-    let results = load::run_share(
+    let (results, held) = load::run_share(
         &spec,
         (0, 1),
         |_| {},
@@ -291,6 +291,8 @@ async fn measure(
             (n.clone(), procs::cpu_seconds(*pid).unwrap_or(was) - was)
         })
         .collect();
+    // Leaving (and its userLeft notifications) is not part of the load.
+    drop(held);
     let r = load::account(&spec, results, t0.get());
     figures(&r, &cpu, broker)
 }

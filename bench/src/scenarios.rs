@@ -129,7 +129,7 @@ pub async fn fanout(name: &str, a: &FanoutArgs) -> Report {
         quiet_join: false,
     };
     let before = cpu_snapshot(&procs);
-    let r = load::run(&spec, async {}).await;
+    let (r, held) = load::run(&spec, async {}).await;
     let mut rep = Report::new(name);
     rep.set(
         "setup",
@@ -138,6 +138,7 @@ pub async fn fanout(name: &str, a: &FanoutArgs) -> Report {
     );
     rep.load(&r);
     rep.cpu(&procs, &before);
+    drop(held);
     if let Some(f) = floor {
         let per_s = r.delivered as f64 / r.elapsed.as_secs_f64().max(1e-9);
         rep.set("loopback_floor", f.summary());
@@ -430,7 +431,7 @@ pub async fn storm(a: &StormArgs) -> Report {
     // the first.
     let mut spec2 = spec.clone();
     spec2.urls = std::iter::once(urls[0].clone()).chain(survivors).collect();
-    let r = load::run(&spec2, chaos).await;
+    let (r, _held) = load::run(&spec2, chaos).await;
     let mut rep = Report::new("reconnect-storm");
     rep.set("clients", a.clients);
     if let Some(k) = *killed_at.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -534,7 +535,7 @@ pub async fn chaos(a: &ChaosArgs) -> ChaosOutcome {
                 note("nats-2 restarted".into());
             }
         };
-        load::run(&spec, actions).await
+        load::run(&spec, actions).await.0
     };
     let mut rep = Report::new("chaos");
     rep.set(

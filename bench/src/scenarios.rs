@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::dialect::Dialect;
 use crate::load::{self, LoadSpec};
@@ -128,8 +128,22 @@ pub async fn fanout(name: &str, a: &FanoutArgs) -> Report {
         per_message: false,
         quiet_join: false,
     };
-    let before = cpu_snapshot(&procs);
-    let (r, held) = load::run(&spec, async {}).await;
+    // CPU from the start signal (every member joined) until every member had every message.
+    let before = std::cell::RefCell::new(Vec::new());
+    let t0 = std::cell::Cell::new(0u64);
+    let (results, held) = load::run_share(
+        &spec,
+        (0, 1),
+        |_| {},
+        async {
+            *before.borrow_mut() = cpu_snapshot(&procs);
+            t0.set(load::mono_ns());
+        },
+        async {},
+    )
+    .await;
+    let r = load::account(&spec, results, t0.get());
+    let before = before.into_inner();
     let mut rep = Report::new(name);
     rep.set(
         "setup",
@@ -139,6 +153,17 @@ pub async fn fanout(name: &str, a: &FanoutArgs) -> Report {
     rep.load(&r);
     rep.cpu(&procs, &before);
     drop(held);
+    // CPU µs per delivery received, per process.
+    if let Some(Value::Object(cpu)) = rep.figures.get("cpu_seconds").cloned() {
+        let per: serde_json::Map<String, Value> = cpu
+            .iter()
+            .map(|(k, v)| {
+                let us = v.as_f64().unwrap_or(0.0) * 1e6 / r.delivered.max(1) as f64;
+                (k.clone(), json!(round(us, 2)))
+            })
+            .collect();
+        rep.set("cpu_us_per_delivery", Value::Object(per));
+    }
     if let Some(f) = floor {
         let per_s = r.delivered as f64 / r.elapsed.as_secs_f64().max(1e-9);
         rep.set("loopback_floor", f.summary());

@@ -335,18 +335,25 @@ pub async fn join(
     None
 }
 
-/// N joined idle connections spread over `urls` in rooms of `room_size`: RSS delta of
-/// `procs` per connection, in KiB, and how many joined.
+/// N joined idle connections spread over `urls` in rooms of `room_size`: how many joined,
+/// and the RSS delta per connection in KiB of all `procs` and of those but `broker`.
 pub async fn idle_memory(
     dialect: Dialect,
     urls: &[String],
     procs: &[(String, u32)],
+    broker: &str,
     n: usize,
     room_size: usize,
-) -> (usize, f64) {
-    let rss = || -> u64 { procs.iter().filter_map(|(_, p)| procs::rss_bytes(*p)).sum() };
+) -> (usize, f64, f64) {
+    let rss = |front: bool| -> u64 {
+        procs
+            .iter()
+            .filter(|(name, _)| !front || name != broker)
+            .filter_map(|(_, p)| procs::rss_bytes(*p))
+            .sum()
+    };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss0 = rss();
+    let (rss0, front0) = (rss(false), rss(true));
     let run = run_id("i");
     let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(128));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -373,16 +380,14 @@ pub async fn idle_memory(
     }
     // Let the servers settle (history, allocator) before reading their memory.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss1 = rss();
+    let (rss1, front1) = (rss(false), rss(true));
     let joined = held.len();
     let _ = stop_tx.send(true);
     for h in held {
         let _ = h.await;
     }
-    (
-        joined,
-        rss1.saturating_sub(rss0) as f64 / joined.max(1) as f64 / 1024.0,
-    )
+    let per = |a: u64, b: u64| b.saturating_sub(a) as f64 / joined.max(1) as f64 / 1024.0;
+    (joined, per(rss0, rss1), per(front0, front1))
 }
 
 fn ratio(a: f64, b: f64) -> String {
@@ -426,6 +431,35 @@ pub async fn run(a: &PeerArgs) -> anyhow::Result<()> {
     .await;
     let natter_procs = natter.processes();
     let versions = versions();
+    // Idle memory first, on fresh processes (after a load their allocators hold freed
+    // memory that new connections reuse).
+    let mut idle = json!(null);
+    if a.idle > 0 {
+        let (nj, nk, nf) = idle_memory(
+            Dialect::Natter,
+            &natter.urls(),
+            &natter_procs,
+            "nats",
+            a.idle,
+            10,
+        )
+        .await;
+        let (sj, sk, sf) = idle_memory(
+            Dialect::SocketIo,
+            &sio.urls(),
+            &sio_procs,
+            "redis",
+            a.idle,
+            10,
+        )
+        .await;
+        idle = json!({"natter": {"joined": nj, "kib_per_connection": round(nk, 2),
+                                  "kib_per_connection_edges": round(nf, 2),
+                                  "processes": "edges + nats-server"},
+                      "socketio": {"joined": sj, "kib_per_connection": round(sk, 2),
+                                   "kib_per_connection_node": round(sf, 2),
+                                   "processes": "node ×2 + redis-server"}});
+    }
     let mut rows = Vec::new();
     let mut out = Vec::new();
     for &rate in &a.rates {
@@ -448,16 +482,6 @@ pub async fn run(a: &PeerArgs) -> anyhow::Result<()> {
                 "cpu_per_delivery": round(n.cpu_front / s.cpu_front.max(1e-9), 3),
                 "cpu_per_delivery_with_broker": round(n.cpu_all / s.cpu_all.max(1e-9), 3)}}));
         rows.push((rate, n, s));
-    }
-    let mut idle = json!(null);
-    if a.idle > 0 {
-        let (nj, nk) =
-            idle_memory(Dialect::Natter, &natter.urls(), &natter_procs, a.idle, 10).await;
-        let (sj, sk) = idle_memory(Dialect::SocketIo, &sio.urls(), &sio_procs, a.idle, 10).await;
-        idle = json!({"natter": {"joined": nj, "kib_per_connection": round(nk, 2),
-                                  "processes": "edges + nats-server"},
-                      "socketio": {"joined": sj, "kib_per_connection": round(sk, 2),
-                                   "processes": "node ×2 + redis-server"}});
     }
     drop(sio);
     let _ = natter.processes();
@@ -526,10 +550,12 @@ pub async fn run(a: &PeerArgs) -> anyhow::Result<()> {
     if !idle.is_null() {
         println!();
         println!(
-            "idle memory per joined connection (rooms of 10, RSS delta of the server processes / N): natter {} KiB ({} joined; edges + nats-server), Socket.IO {} KiB ({} joined; node ×2 + redis-server)",
+            "idle memory per joined connection (rooms of 10, RSS delta of the server processes / N, fresh processes): natter {} KiB with nats-server, {} KiB edges only ({} joined); Socket.IO {} KiB with redis-server, {} KiB node only ({} joined)",
             idle["natter"]["kib_per_connection"],
+            idle["natter"]["kib_per_connection_edges"],
             idle["natter"]["joined"],
             idle["socketio"]["kib_per_connection"],
+            idle["socketio"]["kib_per_connection_node"],
             idle["socketio"]["joined"]
         );
     }

@@ -152,14 +152,18 @@ pub async fn run_workers(
     }
     let mut members = Vec::new();
     let mut cpu = 0.0;
+    let mut reports = Vec::new();
     for (_, lines) in children.iter_mut() {
-        let line = lines.next_line().await?.unwrap_or_default();
+        reports.push(lines.next_line().await?.unwrap_or_default());
+    }
+    // Every member has every message: the end of the measured span (parsing is not in it).
+    at_end(&before);
+    for line in reports {
         let r: WorkerReport =
             serde_json::from_str(&line).map_err(|e| anyhow::anyhow!("worker report: {e}"))?;
         cpu += r.cpu_s;
         members.extend(r.members.into_iter().map(MemberResult::from));
     }
-    at_end(&before);
     for (mut c, _) in children {
         if let Some(stdin) = c.stdin.as_mut() {
             let _ = stdin.write_all(b"close\n").await;

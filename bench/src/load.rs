@@ -251,9 +251,10 @@ where
     let stop = Arc::new(AtomicBool::new(false));
     let (go_tx, go_rx) = watch::channel(false);
     let joined = Arc::new(AtomicU64::new(0));
-    // First joins arrive like a crowd, not all in the same millisecond (a few hundred in
-    // flight per process): a burst of thousands only measures the presence store's timeouts.
-    let gate = Arc::new(tokio::sync::Semaphore::new(256));
+    // First joins arrive like a crowd, not all in the same millisecond (128 in flight per
+    // process, as `idle` joins): a burst of thousands only measures the presence store's
+    // timeouts.
+    let gate = Arc::new(tokio::sync::Semaphore::new(128));
     let mut tasks = Vec::new();
     let (mine, of) = (share.0, share.1.max(1));
     for r in 0..spec.rooms {
@@ -615,12 +616,7 @@ async fn member(
 mod tests {
     use super::*;
 
-    fn member(
-        room: usize,
-        received: &[u64],
-        duplicates: u64,
-        acked: &[u64],
-    ) -> MemberResult {
+    fn member(room: usize, received: &[u64], duplicates: u64, acked: &[u64]) -> MemberResult {
         MemberResult {
             room,
             received: received.iter().copied().collect(),

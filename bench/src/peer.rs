@@ -171,7 +171,7 @@ fn npm_version(package: &str) -> String {
 pub fn versions() -> Value {
     let nats = std::env::var("NATTER_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
     json!({
-        "natter": command_line("git", &["rev-parse", "--short", "HEAD"]),
+        "natter": command_line("git", &["describe", "--always", "--dirty"]),
         "nats_server": command_line(&nats, &["--version"]),
         "node": command_line("node", &["--version"]),
         "socket.io": npm_version("socket.io"),
@@ -500,7 +500,17 @@ pub async fn run(a: &PeerArgs) -> anyhow::Result<()> {
         "{} rooms × {} users, {} sender(s)/room, {} s per load; same clients, same accounting",
         a.rooms, a.users, a.senders, a.seconds
     );
-    println!("versions: {versions}");
+    let v = |k: &str| versions[k].as_str().unwrap_or("?").to_string();
+    println!(
+        "versions: natter {}, {}, node {}, socket.io {}, @socket.io/redis-adapter {}, redis (node client) {}, redis-server {}",
+        v("natter"),
+        v("nats_server"),
+        v("node"),
+        v("socket.io"),
+        v("@socket.io/redis-adapter"),
+        v("redis (node client)"),
+        v("redis_server")
+    );
     if let Some(f) = &floor {
         println!(
             "loopback floor: {} frames/s at 1 frame/write ({:.2} µs/frame both cores), {} frames/s at {}/write",

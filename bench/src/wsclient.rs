@@ -321,6 +321,68 @@ fn encode(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: u32) -> u32 {
 mod tests {
     use super::*;
 
+    /// A server frame (unmasked).
+    fn server_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![if fin { 0x80 } else { 0 } | opcode];
+        if payload.len() < 126 {
+            f.push(payload.len() as u8);
+        } else {
+            f.push(126);
+            f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        }
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[tokio::test]
+    async fn handshake_text_fragments_pings_and_close() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b).await.unwrap();
+                head.push(b[0]);
+            }
+            let head = String::from_utf8(head).unwrap();
+            assert!(head.starts_with("GET /chat?x=1 HTTP/1.1\r\n"), "{head}");
+            // The 101 and the first frames in one write: the client keeps what follows the
+            // head. A long frame split over two writes, a ping between fragments.
+            let mut out =
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n".to_vec();
+            out.extend(server_frame(true, 0x1, br#"{"_id":"1"}"#));
+            let long = vec![b'y'; 300];
+            let lf = server_frame(true, 0x1, &long);
+            out.extend_from_slice(&lf[..100]);
+            s.write_all(&out).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let mut rest = lf[100..].to_vec();
+            rest.extend(server_frame(false, 0x1, b"ab"));
+            rest.extend(server_frame(true, 0x9, b"p1"));
+            rest.extend(server_frame(true, 0x0, b"cd"));
+            rest.extend(server_frame(true, 0x8, &[0x03, 0xe9]));
+            s.write_all(&rest).await.unwrap();
+            // The client's pong: masked, payload "p1".
+            let mut pong = [0u8; 8];
+            s.read_exact(&mut pong).await.unwrap();
+            assert_eq!(&pong[..2], &[0x8a, 0x82]);
+            let key = [pong[2], pong[3], pong[4], pong[5]];
+            assert_eq!([pong[6] ^ key[0], pong[7] ^ key[1]], *b"p1");
+        });
+        let url = format!("ws://{addr}/chat?x=1");
+        let mut c = Conn::connect(&url, None).await.unwrap();
+        assert_eq!(c.next().await, Event::Text);
+        assert_eq!(c.text(), br#"{"_id":"1"}"#);
+        assert_eq!(c.next().await, Event::Text);
+        assert_eq!(c.text(), &[b'y'; 300][..]);
+        assert_eq!(c.next().await, Event::Text);
+        assert_eq!(c.text(), b"abcd");
+        assert_eq!(c.next().await, Event::Closed(1001));
+        server.await.unwrap();
+    }
+
     #[test]
     fn frames_are_masked_and_length_encoded() {
         let mut out = Vec::new();

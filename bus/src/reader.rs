@@ -29,6 +29,8 @@ pub enum ReadError {
     Status(u16, String),
     #[error("a direct-get reply had no valid {HDR_SEQUENCE} header")]
     MissingSequence,
+    #[error("the replica that answered is behind the stream (it lacks sequence {0}); retry")]
+    Behind(u64),
 }
 
 /// One message as the stream holds it.
@@ -65,6 +67,7 @@ struct DirectGetRequest<'a> {
 pub struct StreamReader {
     client: Client,
     api_subject: String,
+    info_subject: String,
     timeout: Duration,
 }
 
@@ -73,6 +76,7 @@ impl StreamReader {
         StreamReader {
             client,
             api_subject: format!("$JS.API.DIRECT.GET.{stream}"),
+            info_subject: format!("$JS.API.STREAM.INFO.{stream}"),
             timeout,
         }
     }
@@ -95,6 +99,40 @@ impl StreamReader {
         })
         .await?;
         Ok(out.first().copied().unwrap_or(0))
+    }
+
+    /// The stream's first sequence, as its leader knows it (a direct get may be answered by
+    /// any replica, including one still catching up; the stream info comes from the leader).
+    pub async fn leader_first_seq(&self) -> Result<u64, ReadError> {
+        let reply = tokio::time::timeout(
+            self.timeout,
+            self.client.request(self.info_subject.clone(), Bytes::new()),
+        )
+        .await
+        .map_err(|_| ReadError::Timeout(self.timeout))?
+        .map_err(|e| ReadError::Nats(e.to_string()))?;
+        let info: serde_json::Value =
+            serde_json::from_slice(&reply.payload).map_err(|e| ReadError::Nats(e.to_string()))?;
+        if let Some(err) = info.get("error") {
+            let code = err["code"].as_u64().unwrap_or(0) as u16;
+            return Err(ReadError::Status(code, err["description"].to_string()));
+        }
+        Ok(info["state"]["first_seq"].as_u64().unwrap_or(0))
+    }
+
+    /// Check a read that should have reached sequence `expected` of its subject (a sequence
+    /// the caller saw stored there) but ended at `got`: fine when the stream no longer holds
+    /// `expected` (trimmed after archiving), [`ReadError::Behind`] when it does, i.e. the
+    /// replica that answered has not caught up yet. Without this a lagging replica's short
+    /// answer would pass for "nothing more" and a resume or a repair would skip messages.
+    pub async fn ensure_reached(&self, expected: u64, got: u64) -> Result<(), ReadError> {
+        if got >= expected || expected == 0 {
+            return Ok(());
+        }
+        if self.leader_first_seq().await? <= expected {
+            return Err(ReadError::Behind(expected));
+        }
+        Ok(())
     }
 
     /// Sequence of the oldest message of the whole stream stored at or after `since`

@@ -226,6 +226,13 @@ async fn page_back(
         .tail(&room.subject, n, up_to)
         .await
         .map_err(|e| CatchupError::Stream(e.to_string()))?;
+    // `up_to` is a message of this room the edge has seen stored: an answer without it comes
+    // from a replica that is behind (unless the message was trimmed after archiving).
+    let reached = msgs.last().map(|m| m.seq).unwrap_or(0);
+    node.reader
+        .ensure_reached(up_to, reached)
+        .await
+        .map_err(|e| CatchupError::Stream(e.to_string()))?;
     let mut frames: Frames = msgs.iter().filter_map(delivered).collect();
     let mut page = Page {
         frames: Vec::new(),
@@ -271,14 +278,21 @@ async fn since(
         return Ok((Vec::new(), false));
     }
     let mut first_in_stream = None;
+    let mut reached = 0;
     node.reader
         .scan(&room.subject, after + 1, Some(up_to), |m| {
             first_in_stream.get_or_insert(m.seq);
+            reached = m.seq;
             if let Some(f) = delivered(&m) {
                 window.push_newer(f);
             }
             true
         })
+        .await
+        .map_err(|e| CatchupError::Stream(e.to_string()))?;
+    // See `page_back`: a short answer from a replica that is behind is an error, not history.
+    node.reader
+        .ensure_reached(up_to, reached)
         .await
         .map_err(|e| CatchupError::Stream(e.to_string()))?;
     let stream_from = first_in_stream.unwrap_or(up_to + 1);

@@ -152,6 +152,10 @@ impl Outbox {
             }
         });
         if changed {
+            // From here on the client gets no more data, only the reconnect hint and the
+            // close: what it resumes from must be the last message it was sent (a room that
+            // asks its members to resync after a gap must not hand them a later message).
+            self.socket.refuse_data();
             // A session waiting for room in the queue should stop waiting.
             self.socket.wake();
         }
@@ -174,5 +178,42 @@ impl Outbox {
     /// The close reason, if one was given.
     pub fn closing(&self) -> Option<CloseReason> {
         self.signal.borrow().close
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A room that asks its members to resync after a gap hands the batch's later messages
+    /// to the sockets right after: none of them may reach the client, or it would resume
+    /// after the gap and never see the messages in it.
+    #[tokio::test]
+    async fn once_a_close_is_asked_for_no_data_frame_goes_out() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (c, s) = tokio::join!(
+            tokio::net::TcpStream::connect(l.local_addr().unwrap()),
+            l.accept()
+        );
+        let (mut c, s) = (c.unwrap(), s.unwrap().0);
+        let (tx, _rx) = watch::channel(Signal::default());
+        let outbox = Outbox::new(Socket::new(s, 8), tx);
+        assert_eq!(outbox.offer(frame::text(b"1")), Offer::Queued);
+        outbox.close(CloseReason::Resync);
+        assert_eq!(outbox.offer(frame::text(b"2")), Offer::Closed);
+        assert_eq!(
+            outbox.offer_many(&[frame::text(b"3"), frame::text(b"4")]),
+            Offer::Closed
+        );
+        assert!(!outbox.send(Bytes::from_static(b"{}")).await);
+        // The session's close still goes out, right behind the last data frame.
+        assert!(outbox.send_control(frame::close(1013, "resync")));
+        outbox.socket().shutdown();
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).await.unwrap();
+        let mut want = frame::text(b"1").to_vec();
+        want.extend_from_slice(&frame::close(1013, "resync"));
+        assert_eq!(got, want);
     }
 }

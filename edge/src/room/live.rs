@@ -167,6 +167,15 @@ impl Room {
                 .range(&self.subject, next, Some(to), REPAIR_BATCH)
                 .await
                 .map_err(|e| e.to_string())?;
+            if msgs.len() < REPAIR_BATCH {
+                // `to` was seen stored on this subject: a shorter answer comes from a replica
+                // that is behind, unless the stream trimmed it (then there is nothing to send).
+                let reached = msgs.last().map(|m| m.seq).unwrap_or(0);
+                deps.reader
+                    .ensure_reached(to, reached)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
             let Some(last) = msgs.last().map(|m| m.seq) else {
                 return Ok(());
             };

@@ -20,6 +20,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -41,6 +42,10 @@ pub struct Socket {
     progress: Notify,
     /// Most frames queued before [`Push::Full`].
     cap: usize,
+    /// Set once the socket is to be closed: data frames are refused from then on, so that
+    /// nothing reaches the client after the point its session tells it to resume from
+    /// (only the session's own control frames still go out).
+    refuse_data: AtomicBool,
 }
 
 #[derive(Default)]
@@ -80,11 +85,17 @@ impl Socket {
             out: Mutex::new(Out::default()),
             progress: Notify::new(),
             cap: cap.max(1),
+            refuse_data: AtomicBool::new(false),
         })
     }
 
     pub fn tcp(&self) -> &TcpStream {
         &self.tcp
+    }
+
+    /// Refuse data frames from now on (the socket is being closed).
+    pub fn refuse_data(&self) {
+        self.refuse_data.store(true, Ordering::SeqCst);
     }
 
     fn out(&self) -> MutexGuard<'_, Out> {
@@ -94,6 +105,9 @@ impl Socket {
     /// Write `frame` now if the socket is free, else queue it. `force` ignores the cap (for
     /// the few control frames the session itself sends: pong, close, reconnect).
     pub fn push(self: &Arc<Self>, frame: Bytes, force: bool) -> Push {
+        if !force && self.refuse_data.load(Ordering::SeqCst) {
+            return Push::Closed;
+        }
         let mut out = self.out();
         if out.closed {
             return Push::Closed;
@@ -129,6 +143,9 @@ impl Socket {
     pub fn push_many(self: &Arc<Self>, frames: &[Bytes]) -> Push {
         if frames.len() == 1 {
             return self.push(frames[0].clone(), false);
+        }
+        if self.refuse_data.load(Ordering::SeqCst) {
+            return Push::Closed;
         }
         let mut out = self.out();
         if out.closed {
@@ -401,6 +418,21 @@ mod tests {
             assert!(chunk.iter().all(|&b| b == i as u8), "frame {i}");
         }
         assert!(s.flushed(Duration::from_secs(5)).await);
+    }
+
+    #[tokio::test]
+    async fn a_socket_being_closed_takes_control_frames_only() {
+        let (s, mut c) = pair().await;
+        s.refuse_data();
+        assert_eq!(s.push(Bytes::from_static(b"data"), false), Push::Closed);
+        assert_eq!(
+            s.push_many(&[Bytes::from_static(b"a"), Bytes::from_static(b"b")]),
+            Push::Closed
+        );
+        assert_eq!(s.push(Bytes::from_static(b"close"), true), Push::Written);
+        let mut got = [0u8; 5];
+        c.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"close");
     }
 
     #[tokio::test]

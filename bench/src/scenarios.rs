@@ -411,6 +411,10 @@ pub struct StormArgs {
     pub clients: usize,
     #[arg(long, default_value_t = 10)]
     pub room_size: usize,
+    /// Seconds of traffic; the edge is killed after 3. Every client must have resumed and
+    /// caught up before the end, or its missing deliveries count as lost.
+    #[arg(long, default_value_t = 20)]
+    pub seconds: u64,
     #[command(flatten)]
     pub topology: TopologyArgs,
     /// Print one JSON object instead of text.
@@ -432,7 +436,7 @@ pub async fn storm(a: &StormArgs) -> Report {
         users_per_room: a.room_size,
         senders_per_room: 1,
         rate: 1.0,
-        duration: Duration::from_secs(8),
+        duration: Duration::from_secs(a.seconds.max(4)),
         urls: vec![urls[0].clone()],
         sources: sources(a.clients),
         run_id: run_id(),

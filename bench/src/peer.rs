@@ -8,6 +8,10 @@
 //! per delivery (natter: edges, and edges + nats-server; Socket.IO: node processes, and
 //! node + redis), then the ratios. Then idle memory per joined connection, measured the same
 //! way for both: N connections joined in rooms of 10, RSS delta of the server processes / N.
+//!
+//! Why ~570 lines: starting and stopping the Node cluster and redis, the per-load runs of
+//! both systems, the idle-memory run and the side-by-side report are one comparison that
+//! must treat both systems the same way.
 
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::PathBuf;

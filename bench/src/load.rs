@@ -230,6 +230,31 @@ impl Held {
     }
 }
 
+/// A run whose server CPU is measured from the start signal (every member joined) to the
+/// end of the load, joins and leaves excluded: the members' results, the connections still
+/// held (drop them to leave), the CPU seconds each of `procs` and the generator used
+/// meanwhile, and the start time ([`mono_ns`]).
+pub async fn run_measuring_cpu(
+    spec: &LoadSpec,
+    procs: &[(String, u32)],
+) -> (Vec<MemberResult>, Held, Vec<(String, f64)>, u64) {
+    let before = std::cell::RefCell::new(Vec::new());
+    let t0 = std::cell::Cell::new(0u64);
+    let (results, held) = run_share(
+        spec,
+        (0, 1),
+        |_| {},
+        async {
+            *before.borrow_mut() = crate::report::cpu_snapshot(procs);
+            t0.set(mono_ns());
+        },
+        async {},
+    )
+    .await;
+    let cpu = crate::report::cpu_since(procs, &before.into_inner());
+    (results, held, cpu, t0.get())
+}
+
 /// Run the members `i` with `i % share.1 == share.0`: once they all joined (bounded wait),
 /// call `ready` with how many did, await `go`, then send for the duration while `during`
 /// runs.

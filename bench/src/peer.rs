@@ -25,7 +25,7 @@ use crate::dialect::{Dialect, Incoming};
 use crate::floor::{self, Floor, FloorArgs};
 use crate::load::{self, LoadResult, LoadSpec};
 use crate::procs;
-use crate::report::{cpu_snapshot, round, thousands};
+use crate::report::{round, thousands};
 use crate::scenarios::hold;
 use crate::topology::{Topology, TopologyArgs};
 use crate::wsclient::{Conn, Event};
@@ -274,30 +274,10 @@ async fn measure(
         quiet_join: false,
     };
     // CPU is taken over the sending phase and its quiet tail, after every member joined.
-    let before = std::sync::Mutex::new(Vec::new());
-    let t0 = std::cell::Cell::new(0u64);
-    let (results, held) = load::run_share(
-        &spec,
-        (0, 1),
-        |_| {},
-        async {
-            *before.lock().unwrap_or_else(|p| p.into_inner()) = cpu_snapshot(procs);
-            t0.set(load::mono_ns());
-        },
-        async {},
-    )
-    .await;
-    let before = before.into_inner().unwrap_or_else(|p| p.into_inner());
-    let cpu: Vec<(String, f64)> = procs
-        .iter()
-        .map(|(n, pid)| {
-            let was = before.iter().find(|(b, _)| b == n).map_or(0.0, |(_, c)| *c);
-            (n.clone(), procs::cpu_seconds(*pid).unwrap_or(was) - was)
-        })
-        .collect();
+    let (results, held, cpu, t0) = load::run_measuring_cpu(&spec, procs).await;
     // Leaving (and its userLeft notifications) is not part of the load.
     drop(held);
-    let r = load::account(&spec, results, t0.get());
+    let r = load::account(&spec, results, t0);
     figures(&r, &cpu, broker)
 }
 

@@ -125,26 +125,12 @@ impl Report {
         );
     }
 
-    /// CPU seconds used by each process since `before` was taken.
+    /// CPU seconds used by each process (and the load generator) since `before` was taken.
     pub fn cpu(&mut self, procs: &[(String, u32)], before: &[(String, f64)]) {
-        let mut m = Map::new();
-        for (name, pid) in procs {
-            let now = procstat::cpu_seconds(*pid).unwrap_or(0.0);
-            let was = before
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, c)| *c)
-                .unwrap_or(0.0);
-            m.insert(name.clone(), json!(round(now - was, 2)));
-        }
-        let me = std::process::id();
-        let now = procstat::cpu_seconds(me).unwrap_or(0.0);
-        let was = before
-            .iter()
-            .find(|(n, _)| n == "load-generator")
-            .map(|(_, c)| *c)
-            .unwrap_or(0.0);
-        m.insert("load-generator".into(), json!(round(now - was, 2)));
+        let m: Map<String, Value> = cpu_since(procs, before)
+            .into_iter()
+            .map(|(name, s)| (name, json!(round(s, 2))))
+            .collect();
         self.set("cpu_seconds", Value::Object(m));
     }
 
@@ -178,6 +164,30 @@ pub fn cpu_snapshot(procs: &[(String, u32)]) -> Vec<(String, f64)> {
         "load-generator".into(),
         procstat::cpu_seconds(std::process::id()).unwrap_or(0.0),
     ));
+    v
+}
+
+/// CPU seconds each of `procs` and the load generator used since [`cpu_snapshot`] gave
+/// `before`.
+pub fn cpu_since(procs: &[(String, u32)], before: &[(String, f64)]) -> Vec<(String, f64)> {
+    let was = |name: &str| {
+        before
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0.0, |(_, c)| *c)
+    };
+    let mut v: Vec<(String, f64)> = procs
+        .iter()
+        // A process that is gone counts as having used nothing more.
+        .map(|(n, p)| {
+            (
+                n.clone(),
+                procstat::cpu_seconds(*p).map_or(0.0, |c| c - was(n)),
+            )
+        })
+        .collect();
+    let me = procstat::cpu_seconds(std::process::id()).unwrap_or(0.0);
+    v.push(("load-generator".into(), me - was("load-generator")));
     v
 }
 

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::dialect::Dialect;
 use crate::load::{self, LoadSpec};
 use crate::procs as procstat;
-use crate::report::{cpu_snapshot, round, Report};
+use crate::report::{round, Report};
 use crate::topology::{Topology, TopologyArgs};
 use crate::wsclient::{Conn, Event};
 
@@ -129,21 +129,8 @@ pub async fn fanout(name: &str, a: &FanoutArgs) -> Report {
         quiet_join: false,
     };
     // CPU from the start signal (every member joined) until every member had every message.
-    let before = std::cell::RefCell::new(Vec::new());
-    let t0 = std::cell::Cell::new(0u64);
-    let (results, held) = load::run_share(
-        &spec,
-        (0, 1),
-        |_| {},
-        async {
-            *before.borrow_mut() = cpu_snapshot(&procs);
-            t0.set(load::mono_ns());
-        },
-        async {},
-    )
-    .await;
-    let r = load::account(&spec, results, t0.get());
-    let before = before.into_inner();
+    let (results, held, cpu, t0) = load::run_measuring_cpu(&spec, &procs).await;
+    let r = load::account(&spec, results, t0);
     let mut rep = Report::new(name);
     rep.set(
         "setup",
@@ -151,7 +138,14 @@ pub async fn fanout(name: &str, a: &FanoutArgs) -> Report {
                "rate_per_sender": a.rate, "seconds": a.seconds, "edges": topo.urls().len()}),
     );
     rep.load(&r);
-    rep.cpu(&procs, &before);
+    rep.set(
+        "cpu_seconds",
+        Value::Object(
+            cpu.iter()
+                .map(|(n, s)| (n.clone(), json!(round(*s, 2))))
+                .collect(),
+        ),
+    );
     drop(held);
     // CPU µs per delivery received, per process.
     if let Some(Value::Object(cpu)) = rep.figures.get("cpu_seconds").cloned() {

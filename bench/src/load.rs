@@ -86,6 +86,28 @@ struct Member {
     room: usize,
     user: usize,
     sender: bool,
+    /// How many of this room's senders (in this process) still await acknowledgements
+    /// after the stop: the room's other members stay until it is zero. Leaving on silence
+    /// alone would leave before the messages a sender is still retrying (a stream with no
+    /// leader for a few seconds refuses them) are stored and delivered, and count them lost.
+    unsettled: Arc<AtomicU64>,
+}
+
+/// Counts a sender out of its room's [`Member::unsettled`] once, however it ends.
+struct Settle(Option<Arc<AtomicU64>>);
+
+impl Settle {
+    fn now(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+impl Drop for Settle {
+    fn drop(&mut self) {
+        self.now();
+    }
 }
 
 /// One member's record; [`MemberWire`] is its form between processes.
@@ -283,15 +305,21 @@ where
     let mut tasks = Vec::new();
     let (mine, of) = (share.0, share.1.max(1));
     for r in 0..spec.rooms {
+        let unsettled = Arc::new(AtomicU64::new(0));
         for u in 0..spec.users_per_room {
             let i = r * spec.users_per_room + u;
             if i % of != mine {
                 continue;
             }
+            let sender = u < spec.senders_per_room;
+            if sender {
+                unsettled.fetch_add(1, Relaxed);
+            }
             let m = Member {
                 room: r,
                 user: u,
-                sender: u < spec.senders_per_room,
+                sender,
+                unsettled: unsettled.clone(),
             };
             let spec = spec.clone();
             let (next_msg, stop, go, joined, gate) = (
@@ -372,7 +400,7 @@ pub fn account(spec: &LoadSpec, results: Vec<MemberResult>, t0: u64) -> LoadResu
     }
     // Per message: how many members had it, and when the last of them did.
     let mut reach: HashMap<u64, (u64, u64, u64)> = HashMap::new();
-    for r in &results {
+    for (i, r) in results.iter().enumerate() {
         let acked = acked_by_room.get(&r.room);
         let got = r
             .received
@@ -381,6 +409,22 @@ pub fn account(spec: &LoadSpec, results: Vec<MemberResult>, t0: u64) -> LoadResu
             .count() as u64;
         out.delivered += got;
         out.duplicated += r.duplicates;
+        if let Some(acked) = acked.filter(|a| got < a.len() as u64) {
+            let mut missing: Vec<u64> = acked.difference(&r.received).copied().collect();
+            missing.sort_unstable();
+            trace(
+                i,
+                format_args!(
+                    "room {} missed {} of {} acked messages (first {:?}, last {:?}); reconnects {}",
+                    r.room,
+                    missing.len(),
+                    acked.len(),
+                    missing.first(),
+                    missing.last(),
+                    r.reconnects
+                ),
+            );
+        }
         for &(n, at, sent) in &r.receipts {
             let e = reach.entry(n).or_insert((0, 0, sent));
             e.0 += 1;
@@ -445,6 +489,9 @@ async fn member(
     let mut stopping_since: Option<Instant> = None;
     let mut started = false;
     let mut last_rx = Instant::now();
+    let mut settle = Settle(m.sender.then(|| m.unsettled.clone()));
+    // When this member first saw every sender of its room settled.
+    let mut room_settled_at: Option<Instant> = None;
     // Bounded: every iteration either makes progress or ends on the stop deadline.
     'outer: for attempt in 0..10_000u32 {
         if attempt > 0 {
@@ -625,9 +672,19 @@ async fn member(
                 stopping_since = Some(Instant::now());
             }
             if let Some(t) = stopping_since {
-                // Done when our own messages are all acknowledged and the room went quiet.
-                let quiet = last_rx.elapsed() > Duration::from_millis(1500);
-                if (pending.is_empty() && quiet) || t.elapsed() > Duration::from_secs(30) {
+                // Done when our own messages are all acknowledged, so are those of the
+                // room's senders, and the room went quiet since.
+                if pending.is_empty() {
+                    settle.now();
+                }
+                if room_settled_at.is_none() && m.unsettled.load(Relaxed) == 0 {
+                    room_settled_at = Some(Instant::now());
+                }
+                let quiet = Duration::from_millis(1500);
+                let settled = room_settled_at.is_some_and(|s| s.elapsed() > quiet);
+                if (pending.is_empty() && settled && last_rx.elapsed() > quiet)
+                    || t.elapsed() > Duration::from_secs(30)
+                {
                     // Kept open until the caller has its figures.
                     return (res, Some(conn));
                 }

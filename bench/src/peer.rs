@@ -409,6 +409,8 @@ pub async fn run(a: &PeerArgs) -> anyhow::Result<()> {
             cluster: false,
             target: Vec::new(),
             edge_args: Vec::new(),
+            service_log: "warn".into(),
+            keep_logs: None,
         },
         false,
     )

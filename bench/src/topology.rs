@@ -18,6 +18,14 @@ pub struct TopologyArgs {
     /// Extra flags for every edge started.
     #[arg(long, allow_hyphen_values = true, value_delimiter = ' ')]
     pub edge_args: Vec<String>,
+    /// `RUST_LOG` of the edges and the archiver started (quiet by default: logging costs
+    /// CPU the figures would count).
+    #[arg(long, default_value = "warn")]
+    pub service_log: String,
+    /// Copy every started process's log (edges, archiver, NATS nodes) into this directory
+    /// when the run ends, e.g. to see what a chaos run that lost messages went through.
+    #[arg(long)]
+    pub keep_logs: Option<std::path::PathBuf>,
 }
 
 pub struct Topology {
@@ -28,6 +36,7 @@ pub struct Topology {
     pub archiver: Option<Service>,
     pub edge_args: Vec<Vec<String>>,
     target: Vec<String>,
+    keep_logs: Option<std::path::PathBuf>,
 }
 
 impl Topology {
@@ -41,6 +50,7 @@ impl Topology {
                 archiver: None,
                 edge_args: Vec::new(),
                 target: args.target.clone(),
+                keep_logs: None,
             };
         }
         let (nats, cluster, url, replicas) = if args.cluster {
@@ -79,7 +89,12 @@ impl Topology {
             ];
             a.extend(args.edge_args.iter().filter(|s| !s.is_empty()).cloned());
             edges.push(
-                Service::start("natter-edge", &a, &[("RUST_LOG".into(), "warn".into())]).await,
+                Service::start(
+                    "natter-edge",
+                    &a,
+                    &[("RUST_LOG".into(), args.service_log.clone())],
+                )
+                .await,
             );
             all_args.push(a);
         }
@@ -95,7 +110,7 @@ impl Topology {
                     "--stream-replicas".into(),
                     replicas.into(),
                 ],
-                &[("RUST_LOG".into(), "warn".into())],
+                &[("RUST_LOG".into(), args.service_log.clone())],
             )
             .await;
             (Some(pg), Some(a))
@@ -110,6 +125,7 @@ impl Topology {
             archiver,
             edge_args: all_args,
             target: Vec::new(),
+            keep_logs: args.keep_logs.clone(),
         }
     }
 
@@ -148,5 +164,40 @@ impl Topology {
         // Postgres runs under runuser and forks a process per connection: its CPU is not
         // attributed here.
         out
+    }
+}
+
+impl Drop for Topology {
+    /// With `--keep-logs`, the logs outlive the processes' temporary directories.
+    fn drop(&mut self) {
+        let Some(dir) = self.keep_logs.as_ref() else {
+            return;
+        };
+        let mut logs: Vec<(String, String)> = Vec::new();
+        if let Some(n) = self.nats.as_ref() {
+            logs.push(("nats".into(), n.log()));
+        }
+        if let Some(c) = self.cluster.as_ref() {
+            for (i, n) in c.nodes.iter().enumerate() {
+                logs.push((format!("nats-{i}"), n.log()));
+            }
+        }
+        for (i, e) in self.edges.iter().enumerate() {
+            logs.push((format!("edge-{i}"), e.log()));
+        }
+        if let Some(a) = self.archiver.as_ref() {
+            logs.push(("archiver".into(), a.log()));
+        }
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            eprintln!("--keep-logs: cannot create {}: {e}", dir.display());
+            return;
+        }
+        for (name, text) in logs {
+            let path = dir.join(format!("{name}.log"));
+            if let Err(e) = std::fs::write(&path, text) {
+                eprintln!("--keep-logs: cannot write {}: {e}", path.display());
+            }
+        }
+        eprintln!("logs kept in {}", dir.display());
     }
 }

@@ -19,6 +19,8 @@ async fn chaos_loses_and_duplicates_nothing() {
             cluster: false,
             target: Vec::new(),
             edge_args: Vec::new(),
+            service_log: "warn".into(),
+            keep_logs: None,
         },
         json: false,
     };

@@ -40,9 +40,11 @@
 //! replicated bucket a direct get may be answered by a lagging replica; the refresh below
 //! re-creates an owner key deleted on such a stale read within one period.)
 //!
-//! **Refresh** (every TTL/3): each edge compare-and-sets its own session keys (re-creating
-//! any that expired, e.g. while NATS was unreachable) and touches the owner keys it has
-//! sessions under (re-creating them when gone). If an owner key now belongs to another
+//! **Refresh** (every TTL/3, its writes spread over half of that): each edge
+//! compare-and-sets its own session keys (re-creating any that expired, e.g. while NATS was
+//! unreachable) and touches the owner keys it has sessions under (re-creating them when
+//! gone). An owner key is touched with a compare-and-set on the revision this edge's last
+//! touch left; only when that fails (someone else wrote it since) is it read first. If an owner key now belongs to another
 //! userId (ours expired during an outage and someone took the name), the sessions under it
 //! are closed with 1013 "resync": the client rejoins and gets a clear `-32001`.
 //!
@@ -50,7 +52,7 @@
 //! the bucket's TTL. No `userLeft` is sent for those (nobody is left to notice the moment).
 //! A name whose other sessions live on stays held throughout.
 //!
-//! Why ~460 lines: claiming, releasing and refreshing a name are one protocol over the
+//! Why ~540 lines: claiming, releasing and refreshing a name are one protocol over the
 //! same keys and revisions; its correctness argument (above) only reads well in one place.
 
 use std::collections::HashMap;
@@ -71,6 +73,8 @@ const MEMBERS_MAX: usize = 1000;
 const SESSIONS_MAX: usize = 1000;
 /// Rounds of a claim or release against concurrent writers before giving up.
 const ROUNDS: usize = 8;
+/// Keys refreshed concurrently; a round's chunks are spread over half the refresh period.
+const REFRESH_CHUNK: usize = 64;
 
 #[derive(Debug, Error)]
 pub enum PresenceError {
@@ -122,6 +126,10 @@ pub struct Presence {
     node: String,
     /// This edge's sessions, by session key.
     local: Mutex<HashMap<String, Local>>,
+    /// Owner keys' revisions as this edge's last refresh of each left them: the next
+    /// refresh compare-and-sets on that revision at once and reads the key only when
+    /// someone else wrote it since (one round trip per name instead of two).
+    owner_revs: Mutex<HashMap<String, u64>>,
 }
 
 impl Presence {
@@ -131,6 +139,7 @@ impl Presence {
             reader,
             node,
             local: Mutex::new(HashMap::new()),
+            owner_revs: Mutex::new(HashMap::new()),
         }
     }
 
@@ -360,8 +369,14 @@ impl Presence {
         Ok((names, complete))
     }
 
-    /// Refresh this edge's session keys and the owner keys it has sessions under, once.
-    pub async fn refresh_all(&self) {
+    fn owner_revs(&self) -> MutexGuard<'_, HashMap<String, u64>> {
+        self.owner_revs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Refresh this edge's session keys and the owner keys it has sessions under, once,
+    /// spread over about `spread`: a round is thousands of writes to the bucket, and sent
+    /// at once they stall room messages behind them on the same NATS connection and cores.
+    pub async fn refresh_all(&self, spread: Duration) {
         type Snapshot = (String, u64, Bytes);
         let (sessions, owners): (Vec<Snapshot>, HashMap<String, (Bytes, String)>) = {
             let local = self.local();
@@ -380,7 +395,14 @@ impl Presence {
                 .collect();
             (sessions, owners)
         };
-        for chunk in sessions.chunks(256) {
+        let owners: Vec<_> = owners.into_iter().collect();
+        let rounds = sessions.len().div_ceil(REFRESH_CHUNK) + owners.len().div_ceil(REFRESH_CHUNK);
+        let pause = spread / u32::try_from(rounds.max(1)).unwrap_or(u32::MAX);
+        let mut first = true;
+        for chunk in sessions.chunks(REFRESH_CHUNK) {
+            if !std::mem::take(&mut first) {
+                tokio::time::sleep(pause).await;
+            }
             let futs = chunk.iter().map(|(key, rev, value)| async move {
                 (key, self.refresh_session(key, *rev, value.clone()).await)
             });
@@ -390,17 +412,31 @@ impl Presence {
                 }
             }
         }
-        let owners: Vec<_> = owners.into_iter().collect();
-        for chunk in owners.chunks(256) {
+        for chunk in owners.chunks(REFRESH_CHUNK) {
+            if !std::mem::take(&mut first) {
+                tokio::time::sleep(pause).await;
+            }
             let futs = chunk.iter().map(|(key, (value, uid))| async move {
-                (key, self.refresh_owner(key, value.clone(), uid).await)
+                let known = self.owner_revs().get(key.as_str()).copied();
+                (
+                    key,
+                    self.refresh_owner(key, value.clone(), uid, known).await,
+                )
             });
-            for (key, still_ours) in futures_util::future::join_all(futs).await {
+            for (key, (still_ours, rev)) in futures_util::future::join_all(futs).await {
+                match rev {
+                    Some(rev) => self.owner_revs().insert(key.clone(), rev),
+                    None => self.owner_revs().remove(key.as_str()),
+                };
                 if !still_ours {
                     self.close_sessions_under(key).await;
                 }
             }
         }
+        // Names this edge no longer holds sessions under are not refreshed again.
+        let held: std::collections::HashSet<&str> =
+            owners.iter().map(|(k, _)| k.as_str()).collect();
+        self.owner_revs().retain(|k, _| held.contains(k.as_str()));
     }
 
     /// Keep a session key alive; its new revision, or `None` when unknown.
@@ -427,29 +463,51 @@ impl Presence {
         }
     }
 
-    /// Keep an owner key alive; false when it now belongs to another userId.
-    async fn refresh_owner(&self, key: &str, value: Bytes, user_id: &str) -> bool {
+    /// Keep an owner key alive: false when it now belongs to another userId, and the
+    /// key's revision after this edge's write (`None` when unknown).
+    ///
+    /// With `known`, the revision this edge's last refresh left: a compare-and-set on it
+    /// that succeeds proves nobody wrote the key since, so it is still ours. Anything else
+    /// (another edge touched it, a leaver deleted it, someone else holds it) fails the
+    /// compare and takes the full path: read whose it is, then write.
+    async fn refresh_owner(
+        &self,
+        key: &str,
+        value: Bytes,
+        user_id: &str,
+        known: Option<u64>,
+    ) -> (bool, Option<u64>) {
+        if let Some(rev) = known {
+            match self.kv.update(key, value.clone(), rev).await {
+                Ok(rev) => return (true, Some(rev)),
+                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {}
+                Err(e) => {
+                    warn!(key, error = %e, "presence refresh of a name failed; will retry");
+                    return (true, None);
+                }
+            }
+        }
         let refreshed = match self.owner(key).await {
-            Ok(Some((uid, _))) if uid != user_id => return false,
-            Ok(Some((_, rev))) => self
-                .kv
-                .update(key, value, rev)
-                .await
-                .map(drop)
-                .map_err(|e| {
-                    // Another edge touched it first: just as fresh.
-                    (e.kind() != UpdateErrorKind::WrongLastRevision).then(|| e.to_string())
-                }),
-            Ok(None) => self.kv.create(key, value).await.map(drop).map_err(|e| {
+            Ok(Some((uid, _))) if uid != user_id => return (false, None),
+            Ok(Some((_, rev))) => self.kv.update(key, value, rev).await.map_err(|e| {
+                // Another edge touched it first: just as fresh.
+                (e.kind() != UpdateErrorKind::WrongLastRevision).then(|| e.to_string())
+            }),
+            Ok(None) => self.kv.create(key, value).await.map_err(|e| {
                 // Someone created it first: the next round sees whose it is.
                 (e.kind() != CreateErrorKind::AlreadyExists).then(|| e.to_string())
             }),
             Err(e) => Err(Some(e.to_string())),
         };
-        if let Err(Some(e)) = refreshed {
-            warn!(key, error = %e, "presence refresh of a name failed; will retry");
+        match refreshed {
+            Ok(rev) => (true, Some(rev)),
+            Err(e) => {
+                if let Some(e) = e {
+                    warn!(key, error = %e, "presence refresh of a name failed; will retry");
+                }
+                (true, None)
+            }
         }
-        true
     }
 
     /// The name under `owner_key` is another userId's now: close this edge's sessions under
@@ -483,7 +541,7 @@ impl Presence {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                me.refresh_all().await;
+                me.refresh_all(period / 2).await;
             }
         })
     }

@@ -9,6 +9,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{json, Map, Value};
 
 use crate::error::RpcError;
+use crate::request::TextMessage;
 
 /// `{"jsonrpc":"2.0","result":R,"id":N}`
 pub fn result(id: Option<&Value>, result: Value) -> Bytes {
@@ -53,6 +54,45 @@ pub fn stored_message(
         obj.insert("id".into(), id.clone());
     }
     encode(&Value::Object(obj))
+}
+
+/// The stored form of a `textMessage`, written straight to bytes: the same bytes as
+/// [`stored_message`]`("textMessage", id, t.params(), ts)` (members in the same order, the
+/// same escaping) without building a JSON tree.
+pub fn stored_text(id: Option<&Value>, t: &TextMessage, ts: &str) -> Bytes {
+    let mut out = Vec::with_capacity(160 + t.text.len() + t.user_name.len() + t.room_name.len());
+    // serde_json writes keys in sorted order (its map is a BTreeMap); so does this.
+    out.push(b'{');
+    if let Some(id) = id {
+        out.extend_from_slice(b"\"id\":");
+        json_into(&mut out, id);
+        out.push(b',');
+    }
+    out.extend_from_slice(br#""jsonrpc":"2.0","method":"textMessage","params":{"ack":true,"#);
+    if let Some(d) = &t.date {
+        out.extend_from_slice(b"\"date\":");
+        json_into(&mut out, d);
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"roomName\":");
+    json_into(&mut out, t.room_name.as_str());
+    out.extend_from_slice(b",\"text\":");
+    json_into(&mut out, t.text.as_str());
+    out.extend_from_slice(b",\"ts\":");
+    json_into(&mut out, ts);
+    out.extend_from_slice(b",\"userId\":");
+    json_into(&mut out, &t.user_id_sent);
+    out.extend_from_slice(b",\"userName\":");
+    json_into(&mut out, t.user_name.as_str());
+    out.extend_from_slice(b",\"uuid\":");
+    json_into(&mut out, t.uuid.as_str());
+    out.extend_from_slice(b"}}");
+    Bytes::from(out)
+}
+
+fn json_into<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+    // Writing a string or a `Value` into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, v);
 }
 
 /// The delivered frame of a stored message: the stored object with `"_id":"<seq>"` appended

@@ -9,6 +9,7 @@
 //! the protocol is unit-testable with byte strings.
 
 pub mod error;
+mod fast_text;
 pub mod frame;
 pub mod request;
 pub mod token;

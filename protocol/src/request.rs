@@ -81,15 +81,40 @@ pub struct Join {
     pub token: Option<String>,
 }
 
-/// `textMessage` parameters: the validated fields, and the client's params object to store
-/// and echo back (with `ack` and `ts` set by the server).
+/// `textMessage` parameters, validated: exactly the documented ones that are stored and
+/// delivered (`userId`, `roomName`, `userName`, `text`, `uuid`, `date`; the server sets `ack`
+/// and `ts`). Anything else a client sends (a forged `type`, `_id`, `ts`, extra fields) is
+/// dropped, so nothing rides along into the stream, the archive or other members' sockets.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TextMessage {
+    /// `userId` in its string form (a numeric id as its decimal text).
     pub user_id: String,
     pub user_name: String,
     pub room_name: String,
     pub uuid: String,
-    pub params: Map<String, Value>,
+    pub text: String,
+    /// `userId` as the client sent it (a string or a number): stored as sent.
+    pub user_id_sent: Value,
+    /// `date` as the client sent it (a number or a short string), when present.
+    pub date: Option<Value>,
+}
+
+impl TextMessage {
+    /// The params object that is stored and delivered, without the server's `ack` and `ts`
+    /// ([`crate::frame::stored_text`] writes the same object straight to bytes).
+    pub fn params(&self) -> Map<String, Value> {
+        let mut out = Map::with_capacity(7);
+        out.insert("userId".into(), self.user_id_sent.clone());
+        out.insert("roomName".into(), Value::String(self.room_name.clone()));
+        out.insert("userName".into(), Value::String(self.user_name.clone()));
+        out.insert("text".into(), Value::String(self.text.clone()));
+        out.insert("ack".into(), Value::Bool(false));
+        out.insert("uuid".into(), Value::String(self.uuid.clone()));
+        if let Some(d) = &self.date {
+            out.insert("date".into(), d.clone());
+        }
+        out
+    }
 }
 
 /// `getHistory` parameters.
@@ -110,6 +135,11 @@ pub struct Rejection {
 impl Request {
     /// Parse one text frame.
     pub fn parse(frame: &[u8], limits: &Limits) -> Result<Request, Rejection> {
+        // The common request first, without a JSON tree; anything it does not take whole
+        // (including every invalid request) goes the general way, which has the errors.
+        if let Some(r) = crate::fast_text::parse(frame, limits) {
+            return Ok(r);
+        }
         let value: Value = serde_json::from_slice(frame).map_err(|e| Rejection {
             id: None,
             error: RpcError::new(ErrorCode::Parse, format!("parse error: {e}")),
@@ -154,7 +184,7 @@ impl Request {
     }
 }
 
-fn parse_call(method: &str, mut p: Map<String, Value>, limits: &Limits) -> Result<Call, RpcError> {
+fn parse_call(method: &str, p: Map<String, Value>, limits: &Limits) -> Result<Call, RpcError> {
     Ok(match method {
         "joinRoom" => Call::JoinRoom(parse_join(&p)?),
         "reconnect" => Call::Reconnect(parse_join(&p)?),
@@ -167,26 +197,16 @@ fn parse_call(method: &str, mut p: Map<String, Value>, limits: &Limits) -> Resul
                 Some(Value::String(t)) => t,
                 _ => return Err(RpcError::invalid("params.text must be a string")),
             };
-            if text.is_empty() {
-                return Err(RpcError::invalid("params.text must not be empty"));
-            }
-            if text.len() > limits.max_text_bytes {
-                return Err(RpcError::new(
-                    ErrorCode::TooLarge,
-                    format!(
-                        "params.text is {} bytes, the limit is {}",
-                        text.len(),
-                        limits.max_text_bytes
-                    ),
-                ));
-            }
-            let params = stored_text_params(&mut p)?;
+            check_text(text, limits)?;
+            let date = text_date(p.get("date"))?;
             Call::TextMessage(TextMessage {
                 user_id,
                 user_name,
                 room_name,
                 uuid,
-                params,
+                text: text.clone(),
+                user_id_sent: p.get("userId").cloned().unwrap_or(Value::Null),
+                date,
             })
         }
         "leaveRoom" => Call::LeaveRoom {
@@ -278,40 +298,44 @@ fn room_name(p: &Map<String, Value>) -> Result<String, RpcError> {
     bounded_str(p, "roomName", ROOM_NAME_MAX)
 }
 
-/// The params of a `textMessage` that are stored and delivered: exactly the documented
-/// ones (`userId`, `roomName`, `userName`, `text`, `ack`, `uuid`, `date`), already validated.
-/// Anything else a client sends (a forged `type`, `_id`, `ts`, extra fields) is dropped, so
-/// nothing rides along into the stream, the archive or other members' sockets.
-fn stored_text_params(p: &mut Map<String, Value>) -> Result<Map<String, Value>, RpcError> {
-    let mut out = Map::with_capacity(7);
-    for key in ["userId", "roomName", "userName", "text"] {
-        if let Some(v) = p.remove(key) {
-            out.insert(key.into(), v);
-        }
+/// A `textMessage`'s `text`: not empty, within the configured limit.
+pub(crate) fn check_text(text: &str, limits: &Limits) -> Result<(), RpcError> {
+    if text.is_empty() {
+        return Err(RpcError::invalid("params.text must not be empty"));
     }
-    out.insert("ack".into(), Value::Bool(false));
-    if let Some(v) = p.remove("uuid") {
-        out.insert("uuid".into(), v);
+    if text.len() > limits.max_text_bytes {
+        return Err(RpcError::new(
+            ErrorCode::TooLarge,
+            format!(
+                "params.text is {} bytes, the limit is {}",
+                text.len(),
+                limits.max_text_bytes
+            ),
+        ));
     }
-    match p.remove("date") {
-        None | Some(Value::Null) => {}
-        Some(v @ Value::Number(_)) => {
-            out.insert("date".into(), v);
-        }
-        Some(Value::String(d)) if d.len() <= DATE_MAX => {
-            out.insert("date".into(), Value::String(d));
-        }
-        Some(_) => {
-            return Err(RpcError::invalid(format!(
-                "params.date must be a number or a string of at most {DATE_MAX} bytes"
-            )))
-        }
+    Ok(())
+}
+
+/// A `textMessage`'s optional `date`, kept as sent: absent or null, a number, or a string of
+/// at most [`DATE_MAX`] bytes.
+pub(crate) fn text_date(v: Option<&Value>) -> Result<Option<Value>, RpcError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(v @ Value::Number(_)) => Ok(Some(v.clone())),
+        Some(Value::String(d)) if d.len() <= DATE_MAX => Ok(Some(Value::String(d.clone()))),
+        Some(_) => Err(RpcError::invalid(format!(
+            "params.date must be a number or a string of at most {DATE_MAX} bytes"
+        ))),
     }
-    Ok(out)
 }
 
 fn user_id(p: &Map<String, Value>) -> Result<String, RpcError> {
-    let id = match p.get("userId") {
+    user_id_of(p.get("userId"))
+}
+
+/// A `userId` in its string form: a string, or a number as its decimal text; 1..=[`USER_ID_MAX`] bytes.
+pub(crate) fn user_id_of(v: Option<&Value>) -> Result<String, RpcError> {
+    let id = match v {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
         _ => {
@@ -398,8 +422,8 @@ mod tests {
             panic!()
         };
         assert_eq!(t.uuid, "abc");
-        assert_eq!(t.params.get("date"), Some(&json!(1700000000000u64)));
-        assert!(!t.params.contains_key("_id"));
+        assert_eq!(t.params().get("date"), Some(&json!(1700000000000u64)));
+        assert!(!t.params().contains_key("_id"));
     }
 
     #[test]
@@ -468,13 +492,14 @@ mod tests {
         let Call::TextMessage(t) = r.call else {
             panic!("not a text message")
         };
-        let keys: Vec<&str> = t.params.keys().map(String::as_str).collect();
+        let params = t.params();
+        let keys: Vec<&str> = params.keys().map(String::as_str).collect();
         assert_eq!(
             keys,
             vec!["ack", "date", "roomName", "text", "userId", "userName", "uuid"]
         );
-        assert_eq!(t.params["ack"], json!(false), "the server sets ack");
-        assert_eq!(t.params["date"], json!("2026-01-01"));
+        assert_eq!(params["ack"], json!(false), "the server sets ack");
+        assert_eq!(params["date"], json!("2026-01-01"));
     }
 
     #[test]

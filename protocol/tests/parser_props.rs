@@ -1,10 +1,11 @@
 //! Property tests of the request parser: whatever a client sends, parsing never panics, and
 //! every rejection carries one of the documented codes — `-32700` exactly when the frame is
 //! not JSON, `-32600`/`-32002`/`-32006` otherwise — while everything accepted respects the
-//! documented bounds.
+//! documented bounds. The fast `textMessage` path gives exactly what the general parser
+//! gives, and the stored message it writes is byte for byte the general encoding.
 
 use natter_protocol::request::{ROOM_NAME_MAX, USER_NAME_MAX, UUID_MAX};
-use natter_protocol::{Call, ErrorCode, Limits, Request};
+use natter_protocol::{frame, Call, ErrorCode, Limits, Request};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
@@ -87,6 +88,67 @@ fn request_like() -> impl Strategy<Value = Value> {
         })
 }
 
+/// A `textMessage` whose fields are mostly right: valid ones, wrong types, bounds just
+/// inside and outside, escapes, optional `date` and `id` of every kind, extra keys.
+fn text_message_like() -> impl Strategy<Value = Value> {
+    let name = prop_oneof![
+        4 => "[a-zA-Z0-9 é\"\\\n\u{1F600}]{1,20}".prop_map(Value::String),
+        1 => Just(json!("")),
+        1 => "[a-z]{120,140}".prop_map(Value::String),
+        1 => any_value(),
+    ];
+    let user_id = prop_oneof![
+        3 => "[a-z0-9-]{1,12}".prop_map(Value::String),
+        2 => any::<i64>().prop_map(|n| json!(n)),
+        1 => any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
+        1 => any_value(),
+    ];
+    let text = prop_oneof![
+        4 => ".{1,60}".prop_map(Value::String),
+        1 => ".{60,70}".prop_map(Value::String),
+        1 => any_value(),
+    ];
+    let date = prop::option::of(prop_oneof![
+        Just(Value::Null),
+        any::<i64>().prop_map(|n| json!(n)),
+        ".{0,70}".prop_map(Value::String),
+        any_value(),
+    ]);
+    let id = prop::option::of(prop_oneof![
+        any::<u32>().prop_map(|n| json!(n)),
+        ".{0,130}".prop_map(Value::String),
+        any_value(),
+    ]);
+    let extra = prop::collection::btree_map("[a-zA-Z_]{1,8}", any_value(), 0..3);
+    (
+        (name.clone(), name.clone(), name),
+        user_id,
+        text,
+        date,
+        id,
+        extra,
+    )
+        .prop_map(|((room, user, uuid), uid, text, date, id, extra)| {
+            let mut p: Map<String, Value> = extra.into_iter().collect();
+            p.insert("roomName".into(), room);
+            p.insert("userName".into(), user);
+            p.insert("uuid".into(), uuid);
+            p.insert("userId".into(), uid);
+            p.insert("text".into(), text);
+            if let Some(d) = date {
+                p.insert("date".into(), d);
+            }
+            let mut o = Map::new();
+            o.insert("jsonrpc".into(), json!("2.0"));
+            o.insert("method".into(), json!("textMessage"));
+            o.insert("params".into(), Value::Object(p));
+            if let Some(id) = id {
+                o.insert("id".into(), id);
+            }
+            Value::Object(o)
+        })
+}
+
 fn documented(code: i64) -> bool {
     [
         ErrorCode::Parse,
@@ -106,9 +168,10 @@ fn check_accepted(r: &Request) {
         }
         Call::TextMessage(t) => {
             assert!(t.uuid.len() <= UUID_MAX);
-            let text = t.params["text"].as_str().expect("text is a string");
+            let params = t.params();
+            let text = params["text"].as_str().expect("text is a string");
             assert!(!text.is_empty() && text.len() <= limits().max_text_bytes);
-            for k in t.params.keys() {
+            for k in params.keys() {
                 assert!(
                     ["userId", "roomName", "userName", "text", "ack", "uuid", "date"]
                         .contains(&k.as_str()),
@@ -138,6 +201,26 @@ proptest! {
                 let is_json = serde_json::from_slice::<Value>(&bytes).is_ok();
                 prop_assert_eq!(code == ErrorCode::Parse.code(), !is_json);
             }
+        }
+    }
+
+    #[test]
+    fn the_fast_text_message_path_agrees_with_the_general_parser(v in text_message_like()) {
+        let bytes = serde_json::to_vec(&v).expect("encode");
+        // The same request with the method name escaped: the fast path never takes it, so
+        // this is the general parser's answer.
+        let text = String::from_utf8(bytes.clone()).expect("utf-8");
+        let general = text.replacen("\"textMessage\"", "\"textMessag\\u0065\"", 1);
+        prop_assert_ne!(&general, &text);
+        let fast = Request::parse(&bytes, &limits());
+        let slow = Request::parse(general.as_bytes(), &limits());
+        prop_assert_eq!(&fast, &slow);
+        if let Ok(Request { id, call: Call::TextMessage(t) }) = fast {
+            let ts = "2026-12-02T12:00:00.5Z";
+            prop_assert_eq!(
+                frame::stored_text(id.as_ref(), &t, ts),
+                frame::stored_message("textMessage", id.as_ref(), t.params(), ts)
+            );
         }
     }
 

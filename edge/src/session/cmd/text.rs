@@ -31,7 +31,7 @@ impl Session {
             Ok(t) => t,
             Err(e) => return self.reply_error(id.as_ref(), e).await,
         };
-        let stored = frame::stored_message("textMessage", id.as_ref(), t.params, &now_rfc3339());
+        let stored = frame::stored_text(id.as_ref(), &t, &now_rfc3339());
         let max = self.node.config.max_message_bytes;
         if stored.len() > max {
             let err = RpcError::new(

@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use natter_bench::{archiver, bigroom, floor, peer, procs, scenarios, stream_ceiling};
+use natter_bench::{archiver, bigroom, floor, parse, peer, procs, scenarios, stream_ceiling};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,6 +25,9 @@ enum Scenario {
     Peer(peer::PeerArgs),
     /// The raw loopback TCP floor: frames/s with one and with K frames per write.
     Floor(floor::FloorArgs),
+    /// The edge's cost per textMessage before publishing (parse + stored form), fast path
+    /// against the general JSON-tree path.
+    Parse(parse::Args),
     /// (internal) One share of a load, run by `big-room`'s parent process.
     #[command(hide = true)]
     Worker(bigroom::WorkerArgs),
@@ -80,6 +83,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::BigRoom(a) => bigroom::run(&a).await.print(a.json),
             Scenario::Peer(a) => return peer::run(&a).await,
             Scenario::Floor(a) => floor::floor(&a).await.print(a.json),
+            Scenario::Parse(a) => parse::run(&a).print(a.json),
             Scenario::Worker(a) => return bigroom::worker(&a).await,
             Scenario::Idle(a) => scenarios::idle(&a).await.print(a.json),
             Scenario::CatchUp(a) => scenarios::catchup(&a).await.print(a.json),

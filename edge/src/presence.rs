@@ -42,11 +42,13 @@
 //!
 //! **Refresh** (every TTL/3, its writes spread over half of that): each edge
 //! compare-and-sets its own session keys (re-creating any that expired, e.g. while NATS was
-//! unreachable) and touches the owner keys it has sessions under (re-creating them when
-//! gone). An owner key is touched with a compare-and-set on the revision this edge's last
-//! touch left; only when that fails (someone else wrote it since) is it read first. If an owner key now belongs to another
-//! userId (ours expired during an outage and someone took the name), the sessions under it
-//! are closed with 1013 "resync": the client rejoins and gets a clear `-32001`.
+//! unreachable, if the session is still here) and touches the owner keys it has sessions
+//! under (re-creating one that is gone only while a session here still holds the name). An
+//! owner key is touched with a compare-and-set on the revision this edge's last touch left;
+//! only when that fails (someone else wrote it since) is it read first. If an owner key now
+//! belongs to another userId (ours expired during an outage and someone took the name), the
+//! sessions under it are closed with 1013 "resync": the client rejoins and gets a clear
+//! `-32001`.
 //!
 //! **Crashes**: a dead edge's session keys and the owner keys only it refreshed expire by
 //! the bucket's TTL. No `userLeft` is sent for those (nobody is left to notice the moment).
@@ -493,6 +495,10 @@ impl Presence {
                 // Another edge touched it first: just as fresh.
                 (e.kind() != UpdateErrorKind::WrongLastRevision).then(|| e.to_string())
             }),
+            // Gone: re-created only while a session here still holds the name. The round
+            // works from a snapshot taken up to half a period ago; a name whose last
+            // session left since (its leaver deleted the key) must stay free.
+            Ok(None) if !self.local().values().any(|l| l.owner_key == key) => return (true, None),
             Ok(None) => self.kv.create(key, value).await.map_err(|e| {
                 // Someone created it first: the next round sees whose it is.
                 (e.kind() != CreateErrorKind::AlreadyExists).then(|| e.to_string())

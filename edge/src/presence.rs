@@ -54,7 +54,7 @@
 //! the bucket's TTL. No `userLeft` is sent for those (nobody is left to notice the moment).
 //! A name whose other sessions live on stays held throughout.
 //!
-//! Why ~540 lines: claiming, releasing and refreshing a name are one protocol over the
+//! Why ~550 lines: claiming, releasing and refreshing a name are one protocol over the
 //! same keys and revisions; its correctness argument (above) only reads well in one place.
 
 use std::collections::HashMap;

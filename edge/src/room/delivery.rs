@@ -231,6 +231,11 @@ impl<S: Sink> Delivery<S> {
         true
     }
 
+    /// Whether frames are staged and not yet flushed.
+    pub fn has_staged(&self) -> bool {
+        !self.staged.is_empty()
+    }
+
     /// Hand the staged frames to every live member, in one offer each. Returns the frames
     /// queued.
     pub fn flush(&mut self) -> u64 {

@@ -4,7 +4,9 @@
 //! Every decision (stale, deliver, repair first, which members get what) is the state
 //! machine's; this file only moves bytes between NATS and it. It also keeps the members'
 //! view of who is in the room honest when an edge crashes (see [`Room::check_presence`]). One task per room, so live
-//! messages of a room are handled one at a time, in the order NATS delivers them.
+//! messages of a room are handled one at a time, in the order NATS delivers them; with
+//! `--coalesce-ms` that task also decides when the staged messages are written
+//! (`Coalescer`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -49,6 +51,9 @@ pub struct Room {
     known_names: Mutex<HashMap<String, u8>>,
     pub(super) started: OnceCell<()>,
     task: Mutex<Option<AbortHandle>>,
+    /// When each staged message was stored, while writes are coalesced: its delivery lag
+    /// is observed when it is written, not when it is staged.
+    staged_at: Mutex<Vec<time::OffsetDateTime>>,
 }
 
 impl Room {
@@ -63,6 +68,7 @@ impl Room {
             known_names: Mutex::new(HashMap::new()),
             started: OnceCell::new(),
             task: Mutex::new(None),
+            staged_at: Mutex::new(Vec::new()),
         }
     }
 
@@ -139,8 +145,19 @@ impl Room {
             return;
         }
         m.room_messages_fanned_out.inc();
-        if let Some(lag) = stamped.and_then(lag_since) {
-            m.delivery_lag.observe(lag);
+        let Some(stored_at) = stamped.and_then(parse_stamp) else {
+            return;
+        };
+        if deps.coalesce.is_zero() {
+            // Flushed right after this batch.
+            if let Some(lag) = lag_since(stored_at) {
+                m.delivery_lag.observe(lag);
+            }
+        } else {
+            self.staged_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(stored_at);
         }
     }
 
@@ -151,6 +168,13 @@ impl Room {
         if queued > 0 {
             deps.metrics.frames_out.inc_by(queued);
             deps.metrics.fanout_latency.observe(t0.elapsed());
+        }
+        if !deps.coalesce.is_zero() {
+            let stamps =
+                std::mem::take(&mut *self.staged_at.lock().unwrap_or_else(|p| p.into_inner()));
+            for lag in stamps.into_iter().filter_map(lag_since) {
+                deps.metrics.delivery_lag.observe(lag);
+            }
         }
     }
 
@@ -235,13 +259,12 @@ impl Room {
         self.deliver(deps, seq, &msg.payload, stamp);
     }
 
-    /// Take a batch of live messages (those that arrived together), then flush them to the
-    /// members at once.
+    /// Stage a batch of live messages (those that arrived together); the caller flushes
+    /// them to the members, at once or at the end of the coalescing window.
     async fn on_batch(&self, deps: &RoomDeps, batch: &mut Vec<Message>) {
         for msg in batch.drain(..) {
             self.on_live(deps, msg).await;
         }
-        self.flush(deps);
     }
 
     /// Keep the known names in step with `newUser` / `userLeft`.
@@ -326,13 +349,66 @@ impl Room {
 /// Most live messages taken in one batch.
 const BATCH: usize = 64;
 
+/// When a room writes what it staged: at once, or (with `--coalesce-ms`) at most once per
+/// window. A write opens a window; what arrives inside it waits for its end and goes out
+/// in one write per socket, so a quiet room pays no delay and a busy one writes each
+/// socket once per window however many messages it has.
+struct Coalescer {
+    window: Duration,
+    /// When the last write happened.
+    last: Option<tokio::time::Instant>,
+    /// Set while staged frames wait for the window to end.
+    due: Option<tokio::time::Instant>,
+}
+
+impl Coalescer {
+    fn new(window: Duration) -> Self {
+        Coalescer {
+            window,
+            last: None,
+            due: None,
+        }
+    }
+
+    /// Frames were staged at `now`: true when they are to be written at once; otherwise
+    /// [`Coalescer::due`] says when.
+    fn staged(&mut self, now: tokio::time::Instant) -> bool {
+        if self.due.is_some() {
+            return false;
+        }
+        match self.last {
+            Some(last) if !self.window.is_zero() && now < last + self.window => {
+                self.due = Some(last + self.window);
+                false
+            }
+            _ => {
+                self.last = Some(now);
+                true
+            }
+        }
+    }
+
+    /// The window ended and the staged frames were written at `now`.
+    fn written(&mut self, now: tokio::time::Instant) {
+        self.due = None;
+        self.last = Some(now);
+    }
+}
+
 async fn run(room: Arc<Room>, deps: Arc<RoomDeps>, mut sub: async_nats::Subscriber) {
     let period = deps.tail_check;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::new();
+    let mut coalesce = Coalescer::new(deps.coalesce);
+    let window_end = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(window_end);
     loop {
         tokio::select! {
+            () = &mut window_end, if coalesce.due.is_some() => {
+                room.flush(&deps);
+                coalesce.written(tokio::time::Instant::now());
+            }
             msg = sub.next() => match msg {
                 Some(msg) => {
                     // Whatever else has arrived meanwhile goes out with it: under load a
@@ -350,16 +426,27 @@ async fn run(room: Arc<Room>, deps: Arc<RoomDeps>, mut sub: async_nats::Subscrib
                         }
                     }
                     room.on_batch(&deps, &mut batch).await;
+                    // Events (typing, newUser, …) went out at once; only a batch that
+                    // staged room messages counts as a write.
+                    if room.delivery().has_staged() {
+                        if coalesce.staged(tokio::time::Instant::now()) {
+                            room.flush(&deps);
+                        } else if let Some(due) = coalesce.due {
+                            window_end.as_mut().reset(due);
+                        }
+                    }
                     if batch.capacity() > BATCH {
                         batch = Vec::new();
                     }
                     if ended {
+                        room.flush(&deps);
                         warn!("live subscription ended; members must resume");
                         room.delivery().resync_all();
                         return;
                     }
                 }
                 None => {
+                    room.flush(&deps);
                     warn!("live subscription ended; members must resume");
                     room.delivery().resync_all();
                     return;
@@ -377,9 +464,52 @@ fn header_u64(h: &HeaderMap, name: &str) -> Option<u64> {
     h.get(name).and_then(|v| v.as_str().parse().ok())
 }
 
-fn lag_since(stamp: &str) -> Option<Duration> {
-    let t =
-        time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339).ok()?;
-    let d = time::OffsetDateTime::now_utc() - t;
-    d.try_into().ok()
+fn parse_stamp(stamp: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339).ok()
+}
+
+fn lag_since(stored_at: time::OffsetDateTime) -> Option<Duration> {
+    (time::OffsetDateTime::now_utc() - stored_at)
+        .try_into()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Coalescer;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    #[test]
+    fn without_a_window_every_batch_is_written_at_once() {
+        let mut c = Coalescer::new(Duration::ZERO);
+        let t = Instant::now();
+        for i in 0..5 {
+            assert!(c.staged(t + Duration::from_micros(i)));
+            assert_eq!(c.due, None);
+        }
+    }
+
+    #[test]
+    fn a_quiet_room_writes_at_once_and_a_busy_one_once_per_window() {
+        let w = Duration::from_millis(20);
+        let mut c = Coalescer::new(w);
+        let t0 = Instant::now();
+        // Quiet room: the first message goes out at once and opens a window.
+        assert!(c.staged(t0));
+        // Inside the window: wait for its end, however many batches come.
+        assert!(!c.staged(t0 + Duration::from_millis(5)));
+        assert_eq!(c.due, Some(t0 + w));
+        assert!(!c.staged(t0 + Duration::from_millis(15)));
+        assert_eq!(c.due, Some(t0 + w), "the deadline does not move");
+        // The window's write opens the next window.
+        c.written(t0 + w);
+        assert_eq!(c.due, None);
+        assert!(!c.staged(t0 + w + Duration::from_millis(1)));
+        assert_eq!(c.due, Some(t0 + w + w));
+        c.written(t0 + w + w);
+        // Quiet again for longer than a window: at once.
+        assert!(c.staged(t0 + Duration::from_millis(100)));
+        assert_eq!(c.due, None);
+    }
 }

@@ -33,6 +33,9 @@ pub struct RoomDeps {
     pub buffer_cap: usize,
     /// Period of each room's check against the stream's tail (and against presence).
     pub tail_check: Duration,
+    /// A room writes to its sockets at most once per this window (zero: at once); see
+    /// `--coalesce-ms`.
+    pub coalesce: Duration,
     /// Who holds which name: a room tells its members about names that vanished without a
     /// `userLeft` (their edge crashed and the names expired).
     pub presence: Arc<Presence>,

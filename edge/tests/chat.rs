@@ -144,7 +144,20 @@ async fn a_retried_uuid_is_stored_and_delivered_once() {
 
 #[tokio::test]
 async fn resume_after_a_drop_delivers_exactly_the_missed_messages_while_traffic_flows() {
-    let s = stack(2, &["--rate-per-sec", "1000", "--rate-burst", "1000"]).await;
+    resume_while_traffic_flows(&[]).await;
+}
+
+/// The same with write coalescing: a resuming member goes live while the room holds a
+/// window's messages staged, and must get each exactly once, in order.
+#[tokio::test]
+async fn resume_while_traffic_flows_loses_and_repeats_nothing_with_coalesced_writes() {
+    resume_while_traffic_flows(&["--coalesce-ms", "20"]).await;
+}
+
+async fn resume_while_traffic_flows(extra: &[&str]) {
+    let mut args = vec!["--rate-per-sec", "1000", "--rate-burst", "1000"];
+    args.extend_from_slice(extra);
+    let s = stack(2, &args).await;
     let (mut ann, _) = joined(&s.edges[0], "r", "u1", "Ann").await;
     let (mut bob, _) = joined(&s.edges[1], "r", "u2", "Bob").await;
     for i in 0..10 {

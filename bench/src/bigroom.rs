@@ -198,6 +198,7 @@ pub async fn run(a: &BigRoomArgs) -> Report {
         dialect: Dialect::Natter,
         per_message: true,
         quiet_join: true,
+        synchronized: false,
     };
     rep.set(
         "setup",

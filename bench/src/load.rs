@@ -55,6 +55,18 @@ pub struct LoadSpec {
     /// joins would otherwise send each member a notification per later joiner).
     #[serde(default)]
     pub quiet_join: bool,
+    /// Every sender sends at the same instants (all first messages at the start signal,
+    /// then each period): the whole offered load arrives in bursts. Off by default: each
+    /// sender's ticks are offset by its own fraction of the period, so the load is
+    /// spread evenly, as independent users' messages are.
+    #[serde(default)]
+    pub synchronized: bool,
+}
+
+/// The offset, as a fraction of the send period, of member `index`'s ticks: the golden
+/// ratio's multiples modulo 1 spread any number of senders evenly over the period.
+pub fn phase(index: usize) -> f64 {
+    (index as f64 * 0.618_033_988_749_895).fract()
 }
 
 /// What every member saw.
@@ -666,6 +678,9 @@ async fn member(
                         break 'outer;
                     }
                     started = *go.borrow_and_update();
+                    if started && !spec.synchronized {
+                        tick.reset_at(tokio::time::Instant::now() + period.mul_f64(phase(index)));
+                    }
                 }
             }
             if stopping_since.is_none() && stop.load(Relaxed) {
@@ -697,6 +712,25 @@ async fn member(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Senders are every `users`-th member: their ticks must still cover the period
+    /// evenly, or the "spread" load would arrive in bursts after all.
+    #[test]
+    fn sender_phases_spread_over_the_period() {
+        for (senders, step) in [(100usize, 10usize), (100, 1), (1000, 10), (40, 25)] {
+            let mut bins = [0usize; 10];
+            for s in 0..senders {
+                let p = phase(s * step);
+                assert!((0.0..1.0).contains(&p));
+                bins[(p * 10.0) as usize] += 1;
+            }
+            let fair = senders / 10;
+            assert!(
+                bins.iter().all(|&b| b + 2 >= fair && b <= fair + 2),
+                "{senders} senders every {step}: {bins:?}"
+            );
+        }
+    }
 
     fn member(room: usize, received: &[u64], duplicates: u64, acked: &[u64]) -> MemberResult {
         MemberResult {
@@ -730,6 +764,7 @@ mod tests {
             dialect: Dialect::Natter,
             per_message: true,
             quiet_join: false,
+            synchronized: false,
         };
         // Room 0: messages 1, 2 acked; the second member misses 2. Room 1: message 3 acked,
         // delivered twice to one member. A message nobody acked (4) does not count.

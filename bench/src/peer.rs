@@ -46,6 +46,10 @@ pub struct PeerArgs {
     pub seconds: u64,
     #[arg(long, default_value_t = 64)]
     pub pad: usize,
+    /// All senders send at the same instants (bursts), as the generator did before
+    /// 2026-12-02; by default their ticks are spread over the period.
+    #[arg(long)]
+    pub synchronized: bool,
     /// Joined idle connections for the memory figure (0: skip it).
     #[arg(long, default_value_t = 5000)]
     pub idle: usize,
@@ -272,6 +276,7 @@ async fn measure(
         dialect,
         per_message: false,
         quiet_join: false,
+        synchronized: a.synchronized,
     };
     // CPU is taken over the sending phase and its quiet tail, after every member joined.
     let (results, held, cpu, t0) = load::run_measuring_cpu(&spec, procs).await;
@@ -475,7 +480,8 @@ pub async fn run(a: &PeerArgs) -> anyhow::Result<()> {
         println!(
             "{}",
             json!({"scenario": "peer", "versions": versions, "setup": {"rooms": a.rooms,
-                "users_per_room": a.users, "senders_per_room": a.senders, "seconds": a.seconds},
+                "users_per_room": a.users, "senders_per_room": a.senders, "seconds": a.seconds,
+                "senders": if a.synchronized { "synchronized" } else { "spread" }},
                 "loads": out, "idle_memory": idle,
                 "floor": floor.as_ref().map(Floor::summary)})
         );

@@ -51,6 +51,10 @@ pub struct FanoutArgs {
     /// Padding bytes per message text.
     #[arg(long, default_value_t = 64)]
     pub pad: usize,
+    /// All senders send at the same instants (bursts of one message per sender), as the
+    /// generator did before 2026-12-02; by default their ticks are spread over the period.
+    #[arg(long)]
+    pub synchronized: bool,
     #[command(flatten)]
     pub topology: TopologyArgs,
     /// Measure the loopback floor (`natter-bench floor`) first and give deliveries/s as a
@@ -94,6 +98,7 @@ impl From<BigRoomArgs> for FanoutArgs {
             rate: b.rate,
             seconds: b.seconds,
             pad: b.pad,
+            synchronized: false,
             topology: b.topology,
             floor: false,
             json: b.json,
@@ -127,6 +132,7 @@ pub async fn fanout(name: &str, a: &FanoutArgs) -> Report {
         dialect: Dialect::Natter,
         per_message: false,
         quiet_join: false,
+        synchronized: a.synchronized,
     };
     // CPU from the start signal (every member joined) until every member had every message.
     let (results, held, cpu, t0) = load::run_measuring_cpu(&spec, &procs).await;
@@ -135,7 +141,8 @@ pub async fn fanout(name: &str, a: &FanoutArgs) -> Report {
     rep.set(
         "setup",
         json!({"rooms": a.rooms, "users_per_room": a.users, "senders_per_room": a.senders,
-               "rate_per_sender": a.rate, "seconds": a.seconds, "edges": topo.urls().len()}),
+               "rate_per_sender": a.rate, "seconds": a.seconds, "edges": topo.urls().len(),
+               "senders": if a.synchronized { "synchronized" } else { "spread" }}),
     );
     rep.load(&r);
     rep.set(
@@ -439,6 +446,7 @@ pub async fn storm(a: &StormArgs) -> Report {
         dialect: Dialect::Natter,
         per_message: false,
         quiet_join: false,
+        synchronized: false,
     };
     let victim = topo.edges.remove(0);
     let survivors = urls[1..].to_vec();
@@ -518,6 +526,7 @@ pub async fn chaos(a: &ChaosArgs) -> ChaosOutcome {
         dialect: Dialect::Natter,
         per_message: false,
         quiet_join: false,
+        synchronized: false,
     };
     let log = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let step = Duration::from_secs((a.seconds / 5).max(1));

@@ -63,6 +63,33 @@ pub struct LoadSpec {
     pub synchronized: bool,
 }
 
+/// When a sender may resend its unacknowledged messages again: at once the first time,
+/// then after 2, 4 and 8 s (at most), until an acknowledgement resets it.
+#[derive(Default)]
+struct RetryBackoff {
+    next: Option<Instant>,
+    delay: Duration,
+}
+
+impl RetryBackoff {
+    const FIRST: Duration = Duration::from_secs(2);
+    const MAX: Duration = Duration::from_secs(8);
+
+    /// Whether a resend is due at `now`; if so, the next one is pushed back.
+    fn due(&mut self, now: Instant) -> bool {
+        if self.next.is_some_and(|t| now < t) {
+            return false;
+        }
+        self.delay = if self.delay.is_zero() {
+            Self::FIRST
+        } else {
+            (self.delay * 2).min(Self::MAX)
+        };
+        self.next = Some(now + self.delay);
+        true
+    }
+}
+
 /// The offset, as a fraction of the send period, of member `index`'s ticks: the golden
 /// ratio's multiples modulo 1 spread any number of senders evenly over the period.
 pub fn phase(index: usize) -> f64 {
@@ -498,6 +525,11 @@ async fn member(
     // Also how often a member looks at the stop flag when nothing arrives.
     let mut retry = tokio::time::interval(Duration::from_millis(250));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Resends back off, as real clients do (our JS client doubles its delay on `-32010`,
+    // up to 5 s): the first after 2 s without any delivery, then 2, 4, 8 s apart, reset by
+    // an ack. Resending everything every 250 ms made ~10k refusals/s while the stream had
+    // no leader, a load no real client puts on an edge.
+    let mut backoff = RetryBackoff::default();
     let mut stopping_since: Option<Instant> = None;
     let mut started = false;
     let mut last_rx = Instant::now();
@@ -629,6 +661,7 @@ async fn member(
                     if let Some(a) = acked {
                         if pending.remove(&a).is_some() {
                             res.acked.push(a);
+                            backoff = RetryBackoff::default();
                         }
                     }
                     let Some(n) = n else { continue };
@@ -647,6 +680,7 @@ async fn member(
                     }
                     if dialect.echo_acks() && pending.remove(&n).is_some() {
                         res.acked.push(n);
+                        backoff = RetryBackoff::default();
                     }
                 }
                 _ = tick.tick(), if sending && started => {
@@ -663,7 +697,11 @@ async fn member(
                 }
                 _ = retry.tick() => {
                     // Retry refused or unacknowledged messages periodically.
-                    if m.sender && !pending.is_empty() && last_rx.elapsed() > Duration::from_secs(2) {
+                    if m.sender
+                        && !pending.is_empty()
+                        && last_rx.elapsed() > Duration::from_secs(2)
+                        && backoff.due(Instant::now())
+                    {
                         for text in pending.values() {
                             if !conn.send(text.as_bytes()).await {
                                 continue 'outer;
@@ -712,6 +750,24 @@ async fn member(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resends_back_off_to_8_s_and_an_ack_resets_them() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut b = RetryBackoff::default();
+        assert!(b.due(t0), "the first resend goes at once");
+        assert!(!b.due(at(1)));
+        assert!(b.due(at(2)));
+        assert!(!b.due(at(5)));
+        assert!(b.due(at(6)), "then 4 s later");
+        assert!(!b.due(at(13)));
+        assert!(b.due(at(14)), "then 8 s later");
+        assert!(!b.due(at(21)));
+        assert!(b.due(at(22)), "and never more than 8 s apart");
+        let mut b = RetryBackoff::default();
+        assert!(b.due(at(30)), "an ack starts over");
+    }
 
     /// Senders are every `users`-th member: their ticks must still cover the period
     /// evenly, or the "spread" load would arrive in bursts after all.

@@ -236,10 +236,12 @@ async fn bots_never_answer_bots_and_the_greeter_and_dice_answer() {
     assert_eq!(rolled.len(), 1, "{bot_texts:?}");
     // Ann's 3 messages × 2 bots, one roll, two welcomes (Ann's join and Cy's).
     assert_eq!(bot_texts.len(), 9, "{bot_texts:?}");
-    assert!(
-        bots.metric("natter_bots_bot_messages_skipped_total")
-            .await
-            .unwrap_or(0.0)
-            >= 6.0
-    );
+    // Every one of the 9 bot messages reaches the worker's consumer and is skipped there.
+    // The consumer may still be behind when Ann has seen them all (a reply it published is
+    // stored after the message it answered, and later in the stream than what Ann waited
+    // for), so wait for the count, bounded.
+    let skipped = bots
+        .metric_reaches("natter_bots_bot_messages_skipped_total", 9.0)
+        .await;
+    assert!(skipped >= 9.0, "bot messages skipped: {skipped}");
 }

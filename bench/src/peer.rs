@@ -489,8 +489,16 @@ pub async fn run(a: &PeerArgs) -> anyhow::Result<()> {
     }
     println!("natter-bench peer: natter (1 nats-server, 2 edges) vs Socket.IO (2 node processes + Redis adapter, 1 redis-server)");
     println!(
-        "{} rooms × {} users, {} sender(s)/room, {} s per load; same clients, same accounting",
-        a.rooms, a.users, a.senders, a.seconds
+        "{} rooms × {} users, {} sender(s)/room ({}), {} s per load; same clients, same accounting",
+        a.rooms,
+        a.users,
+        a.senders,
+        if a.synchronized {
+            "synchronized: all send at the same instants"
+        } else {
+            "spread over the period"
+        },
+        a.seconds
     );
     let v = |k: &str| versions[k].as_str().unwrap_or("?").to_string();
     println!(

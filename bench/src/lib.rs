@@ -19,6 +19,7 @@ pub mod bigroom;
 pub mod dialect;
 pub mod floor;
 pub mod load;
+pub mod pacing;
 pub mod parse;
 pub mod peer;
 pub mod procs;

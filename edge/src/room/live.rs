@@ -6,7 +6,7 @@
 //! view of who is in the room honest when an edge crashes (see [`Room::check_presence`]). One task per room, so live
 //! messages of a room are handled one at a time, in the order NATS delivers them; with
 //! `--coalesce-ms` that task also decides when the staged messages are written
-//! (`Coalescer`).
+//! ([`super::coalesce`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,6 +21,7 @@ use tokio::sync::OnceCell;
 use tokio::task::AbortHandle;
 use tracing::{debug, info, warn, Instrument};
 
+use super::coalesce::Coalescer;
 use super::delivery::{Delivery, Live};
 use super::RoomDeps;
 use crate::outbox::Outbox;
@@ -349,52 +350,6 @@ impl Room {
 /// Most live messages taken in one batch.
 const BATCH: usize = 64;
 
-/// When a room writes what it staged: at once, or (with `--coalesce-ms`) at most once per
-/// window. A write opens a window; what arrives inside it waits for its end and goes out
-/// in one write per socket, so a quiet room pays no delay and a busy one writes each
-/// socket once per window however many messages it has.
-struct Coalescer {
-    window: Duration,
-    /// When the last write happened.
-    last: Option<tokio::time::Instant>,
-    /// Set while staged frames wait for the window to end.
-    due: Option<tokio::time::Instant>,
-}
-
-impl Coalescer {
-    fn new(window: Duration) -> Self {
-        Coalescer {
-            window,
-            last: None,
-            due: None,
-        }
-    }
-
-    /// Frames were staged at `now`: true when they are to be written at once; otherwise
-    /// [`Coalescer::due`] says when.
-    fn staged(&mut self, now: tokio::time::Instant) -> bool {
-        if self.due.is_some() {
-            return false;
-        }
-        match self.last {
-            Some(last) if !self.window.is_zero() && now < last + self.window => {
-                self.due = Some(last + self.window);
-                false
-            }
-            _ => {
-                self.last = Some(now);
-                true
-            }
-        }
-    }
-
-    /// The window ended and the staged frames were written at `now`.
-    fn written(&mut self, now: tokio::time::Instant) {
-        self.due = None;
-        self.last = Some(now);
-    }
-}
-
 async fn run(room: Arc<Room>, deps: Arc<RoomDeps>, mut sub: async_nats::Subscriber) {
     let period = deps.tail_check;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -405,7 +360,7 @@ async fn run(room: Arc<Room>, deps: Arc<RoomDeps>, mut sub: async_nats::Subscrib
     tokio::pin!(window_end);
     loop {
         tokio::select! {
-            () = &mut window_end, if coalesce.due.is_some() => {
+            () = &mut window_end, if coalesce.due().is_some() => {
                 room.flush(&deps);
                 coalesce.written(tokio::time::Instant::now());
             }
@@ -431,7 +386,7 @@ async fn run(room: Arc<Room>, deps: Arc<RoomDeps>, mut sub: async_nats::Subscrib
                     if room.delivery().has_staged() {
                         if coalesce.staged(tokio::time::Instant::now()) {
                             room.flush(&deps);
-                        } else if let Some(due) = coalesce.due {
+                        } else if let Some(due) = coalesce.due() {
                             window_end.as_mut().reset(due);
                         }
                     }
@@ -472,44 +427,4 @@ fn lag_since(stored_at: time::OffsetDateTime) -> Option<Duration> {
     (time::OffsetDateTime::now_utc() - stored_at)
         .try_into()
         .ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Coalescer;
-    use std::time::Duration;
-    use tokio::time::Instant;
-
-    #[test]
-    fn without_a_window_every_batch_is_written_at_once() {
-        let mut c = Coalescer::new(Duration::ZERO);
-        let t = Instant::now();
-        for i in 0..5 {
-            assert!(c.staged(t + Duration::from_micros(i)));
-            assert_eq!(c.due, None);
-        }
-    }
-
-    #[test]
-    fn a_quiet_room_writes_at_once_and_a_busy_one_once_per_window() {
-        let w = Duration::from_millis(20);
-        let mut c = Coalescer::new(w);
-        let t0 = Instant::now();
-        // Quiet room: the first message goes out at once and opens a window.
-        assert!(c.staged(t0));
-        // Inside the window: wait for its end, however many batches come.
-        assert!(!c.staged(t0 + Duration::from_millis(5)));
-        assert_eq!(c.due, Some(t0 + w));
-        assert!(!c.staged(t0 + Duration::from_millis(15)));
-        assert_eq!(c.due, Some(t0 + w), "the deadline does not move");
-        // The window's write opens the next window.
-        c.written(t0 + w);
-        assert_eq!(c.due, None);
-        assert!(!c.staged(t0 + w + Duration::from_millis(1)));
-        assert_eq!(c.due, Some(t0 + w + w));
-        c.written(t0 + w + w);
-        // Quiet again for longer than a window: at once.
-        assert!(c.staged(t0 + Duration::from_millis(100)));
-        assert_eq!(c.due, None);
-    }
 }

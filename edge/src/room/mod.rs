@@ -4,11 +4,13 @@
 //! - [`delivery`]: the sans-IO state machine (last sequence, seams, gaps, buffering) that
 //!   decides who gets what; unit- and property-tested on its own.
 //! - [`live`]: a room's I/O shell: subscription task, gap repair reads, tail check.
+//! - [`coalesce`]: when a room writes what it staged (at once, or once per window).
 //! - this file: the registry (join creates and starts a room, the last leave discards it).
 //!
 //! A room needs only [`RoomDeps`] (NATS, the stream reader, metrics, two settings), never
 //! the whole edge node, so the node owns rooms and rooms do not reach back into it.
 
+pub mod coalesce;
 pub mod delivery;
 pub mod live;
 

@@ -50,6 +50,9 @@ pub struct PeerArgs {
     /// 2026-12-02; by default their ticks are spread over the period.
     #[arg(long)]
     pub synchronized: bool,
+    /// Extra flags for natter's edges, e.g. `--edge-args=--coalesce-ms=50`.
+    #[arg(long, allow_hyphen_values = true, value_delimiter = ' ')]
+    pub edge_args: Vec<String>,
     /// Joined idle connections for the memory figure (0: skip it).
     #[arg(long, default_value_t = 5000)]
     pub idle: usize,
@@ -413,7 +416,7 @@ pub async fn run(a: &PeerArgs) -> anyhow::Result<()> {
             edges: 2,
             cluster: false,
             target: Vec::new(),
-            edge_args: Vec::new(),
+            edge_args: a.edge_args.clone(),
             service_log: "warn".into(),
             keep_logs: None,
         },
@@ -481,6 +484,7 @@ pub async fn run(a: &PeerArgs) -> anyhow::Result<()> {
             "{}",
             json!({"scenario": "peer", "versions": versions, "setup": {"rooms": a.rooms,
                 "users_per_room": a.users, "senders_per_room": a.senders, "seconds": a.seconds,
+                "edge_args": a.edge_args,
                 "senders": if a.synchronized { "synchronized" } else { "spread" }},
                 "loads": out, "idle_memory": idle,
                 "floor": floor.as_ref().map(Floor::summary)})
@@ -500,6 +504,9 @@ pub async fn run(a: &PeerArgs) -> anyhow::Result<()> {
         },
         a.seconds
     );
+    if !a.edge_args.is_empty() {
+        println!("natter edges started with: {}", a.edge_args.join(" "));
+    }
     let v = |k: &str| versions[k].as_str().unwrap_or("?").to_string();
     println!(
         "versions: natter {}, {}, node {}, socket.io {}, @socket.io/redis-adapter {}, redis (node client) {}, redis-server {}",

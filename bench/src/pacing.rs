@@ -31,6 +31,15 @@ impl RetryBackoff {
     }
 }
 
+/// How a run's senders were paced, as its report says it.
+pub fn label(synchronized: bool) -> &'static str {
+    if synchronized {
+        "synchronized"
+    } else {
+        "spread"
+    }
+}
+
 /// The offset, as a fraction of the send period, of member `index`'s ticks: the golden
 /// ratio's multiples modulo 1 spread any number of senders evenly over the period.
 pub fn phase(index: usize) -> f64 {

@@ -485,7 +485,7 @@ pub async fn run(a: &PeerArgs) -> anyhow::Result<()> {
             json!({"scenario": "peer", "versions": versions, "setup": {"rooms": a.rooms,
                 "users_per_room": a.users, "senders_per_room": a.senders, "seconds": a.seconds,
                 "edge_args": a.edge_args,
-                "senders": if a.synchronized { "synchronized" } else { "spread" }},
+                "senders": crate::pacing::label(a.synchronized)},
                 "loads": out, "idle_memory": idle,
                 "floor": floor.as_ref().map(Floor::summary)})
         );
@@ -497,11 +497,7 @@ pub async fn run(a: &PeerArgs) -> anyhow::Result<()> {
         a.rooms,
         a.users,
         a.senders,
-        if a.synchronized {
-            "synchronized: all send at the same instants"
-        } else {
-            "spread over the period"
-        },
+        crate::pacing::label(a.synchronized),
         a.seconds
     );
     if !a.edge_args.is_empty() {

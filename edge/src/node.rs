@@ -127,7 +127,7 @@ impl Node {
             metrics: metrics.clone(),
             buffer_cap: config.outbound_queue.max(1),
             tail_check: Duration::from_secs(config.tail_check_secs.max(1)),
-            coalesce: Duration::from_millis(config.coalesce_ms.min(1000)),
+            coalesce: Duration::from_millis(config.coalesce_ms),
             presence: presence.clone(),
         });
         let node = Arc::new(Node {

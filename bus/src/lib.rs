@@ -23,7 +23,9 @@ pub mod stream;
 pub mod subjects;
 
 pub use connect::connect;
-pub use presence_bucket::{ensure_presence, name_holder, LookupError, Owner, SessionEntry};
+pub use presence_bucket::{
+    ensure_leases, ensure_presence, name_holder, LookupError, Owner, SessionEntry,
+};
 pub use reader::{ReadError, StoredMessage, StreamReader};
 pub use stream::{ensure_chat_stream, DriftWatch, StreamArgs, StreamStatus};
 

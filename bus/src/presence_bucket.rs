@@ -1,15 +1,24 @@
 //! The `presence` KV bucket: which user holds which name in which room, cluster-wide, and
-//! from which sessions, with a TTL so a dead edge's entries free themselves.
+//! from which sessions; and the `presence-leases` bucket, whose keys say which edges are
+//! alive to hold them.
 //!
-//! Two kinds of keys (tokens are `natter_protocol::token` encodings, see [`subjects`]):
+//! Two kinds of presence keys (tokens are `natter_protocol::token` encodings, see
+//! [`subjects`]):
 //!
 //! | key | value | meaning |
 //! |---|---|---|
 //! | `<room>.<user>` | [`Owner`] `{userId, userName}` | the name is held by that userId |
-//! | `<room>.<user>.<session>` | [`SessionEntry`] `{node, userId}` | one socket joined under it |
+//! | `<room>.<user>.<session>` | [`SessionEntry`] `{node, userId, lease}` | one socket joined under it |
 //!
-//! How the edge keeps these consistent (claim, release, refresh) is its business
-//! (`edge/src/presence.rs`); this module creates and opens the bucket, defines the values,
+//! Presence keys do not expire: an idle session costs no writes. Each edge instead renews
+//! one key of its own in `presence-leases` (whose keys expire after the presence TTL), and
+//! every session entry names the lease it lives under. When a lease is gone, the live edges
+//! remove that edge's entries (`edge/src/presence/lease.rs`). Deletions are purges whose
+//! markers expire after the TTL (per-message TTL, NATS ≥ 2.11), so a bucket that sees
+//! millions of sessions come and go does not keep a marker for each.
+//!
+//! How the edge keeps these consistent (claim, release, lease, sweep) is its business
+//! (`edge/src/presence/`); this module creates and opens the buckets, defines the values,
 //! and answers "who holds this name" ([`name_holder`]) for any service, e.g. the filestore
 //! checking that an uploader holds a name in the room.
 
@@ -20,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::stream::StreamArgs;
-use crate::subjects::{self, PRESENCE_BUCKET};
+use crate::subjects::{self, LEASES_BUCKET, PRESENCE_BUCKET};
 use crate::SetupError;
 
 /// The value of an owner key `<room>.<user>`: who holds the name. Unknown fields are
@@ -38,6 +47,11 @@ pub struct Owner {
 pub struct SessionEntry {
     pub node: String,
     pub user_id: String,
+    /// The key in `presence-leases` of the edge process serving the session; the entry is
+    /// removed once that lease is gone. `None` in entries of edges from before leases
+    /// (they refreshed each entry instead, so a stale one is one not written for a TTL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
 }
 
 /// A presence lookup failed (NATS unreachable or too slow).
@@ -45,16 +59,40 @@ pub struct SessionEntry {
 #[error("presence lookup failed: {0}")]
 pub struct LookupError(pub String);
 
-/// Open the presence bucket, creating it when absent.
+/// Open the presence bucket, creating it when absent. A bucket made by edges from before
+/// leases (entries expiring by the bucket's max age) is updated in place: no max age, and
+/// per-message TTLs allowed for the purge markers.
 pub async fn ensure_presence(
     js: &jetstream::Context,
     args: &StreamArgs,
 ) -> Result<kv::Store, SetupError> {
+    let ttl = Duration::from_secs(args.presence_ttl_secs.max(1));
     let cfg = kv::Config {
         bucket: PRESENCE_BUCKET.into(),
         description:
             "natter: user names held per room (<room>.<user> owner, <room>.<user>.<session> sessions)"
                 .into(),
+        history: 1,
+        max_value_size: 1024,
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: args.stream_replicas.max(1),
+        limit_markers: Some(ttl),
+        ..Default::default()
+    };
+    let store = open_or_create(js, cfg).await?;
+    upgrade_presence(js, ttl).await?;
+    Ok(store)
+}
+
+/// Open the leases bucket, creating it when absent: one key per edge process, expiring
+/// after the presence TTL unless renewed.
+pub async fn ensure_leases(
+    js: &jetstream::Context,
+    args: &StreamArgs,
+) -> Result<kv::Store, SetupError> {
+    let cfg = kv::Config {
+        bucket: LEASES_BUCKET.into(),
+        description: "natter: one lease per live edge; presence entries live under them".into(),
         history: 1,
         max_age: Duration::from_secs(args.presence_ttl_secs.max(1)),
         max_value_size: 1024,
@@ -62,16 +100,20 @@ pub async fn ensure_presence(
         num_replicas: args.stream_replicas.max(1),
         ..Default::default()
     };
+    open_or_create(js, cfg).await
+}
+
+async fn open_or_create(js: &jetstream::Context, cfg: kv::Config) -> Result<kv::Store, SetupError> {
     let mut last_err = String::new();
     for attempt in 0..5u32 {
-        if let Ok(store) = js.get_key_value(PRESENCE_BUCKET).await {
+        if let Ok(store) = js.get_key_value(&cfg.bucket).await {
             return Ok(store);
         }
         match js.create_key_value(cfg.clone()).await {
             Ok(store) => return Ok(store),
             Err(e) => {
                 last_err = e.to_string();
-                tracing::warn!(attempt, error = %e, "creating the presence bucket failed, retrying");
+                tracing::warn!(attempt, bucket = %cfg.bucket, error = %e, "creating a bucket failed, retrying");
                 tokio::time::sleep(Duration::from_millis(200 * (u64::from(attempt) + 1))).await;
             }
         }
@@ -79,9 +121,37 @@ pub async fn ensure_presence(
     Err(SetupError::Presence(last_err))
 }
 
+/// Take the max age off a presence bucket made before leases, and allow per-message TTLs.
+async fn upgrade_presence(js: &jetstream::Context, ttl: Duration) -> Result<(), SetupError> {
+    let stream_name = format!("KV_{PRESENCE_BUCKET}");
+    let mut stream = js
+        .get_stream(&stream_name)
+        .await
+        .map_err(|e| SetupError::Presence(e.to_string()))?;
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| SetupError::Presence(e.to_string()))?;
+    let mut config = info.config.clone();
+    if config.max_age.is_zero() && config.allow_message_ttl {
+        return Ok(());
+    }
+    config.max_age = Duration::ZERO;
+    config.allow_message_ttl = true;
+    if config.subject_delete_marker_ttl.is_none() {
+        config.subject_delete_marker_ttl = Some(ttl);
+    }
+    js.update_stream(&config)
+        .await
+        .map_err(|e| SetupError::Presence(e.to_string()))?;
+    tracing::info!("presence bucket upgraded to edge leases: no max age, markers expire");
+    Ok(())
+}
+
 /// The userId holding the name `user_token` in room `room_token`, or `None` when the name
 /// is free; an error when presence cannot be read `within` the bound. (A name whose
-/// sessions all died with their edge stays held until the TTL.)
+/// sessions all died with their edge stays held until a live edge sweeps that edge's
+/// entries, about a TTL later.)
 pub async fn name_holder(
     kv: &kv::Store,
     room_token: &str,
@@ -127,6 +197,7 @@ mod tests {
         let session = serde_json::to_vec(&SessionEntry {
             node: "edge-0".into(),
             user_id: "u1".into(),
+            lease: Some("edge-0-1".into()),
         })
         .unwrap();
         kv.put("r.ann.s1", session.into()).await.unwrap();
@@ -144,5 +215,58 @@ mod tests {
         assert_eq!(name_holder(&kv, "r2", "ann", W).await.unwrap(), None);
         kv.delete("r.ann").await.unwrap();
         assert_eq!(name_holder(&kv, "r", "ann", W).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_bucket_from_before_leases_is_upgraded_in_place_and_its_markers_expire() {
+        let nats = natter_testkit::NatsServer::start().await;
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = jetstream::new(client);
+        // What edges from before leases created: entries expire by the bucket's max age.
+        let old = js
+            .create_key_value(kv::Config {
+                bucket: PRESENCE_BUCKET.into(),
+                history: 1,
+                max_age: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let owner = serde_json::to_vec(&Owner {
+            user_id: "u1".into(),
+            user_name: "Ann".into(),
+        })
+        .unwrap();
+        old.put("r.ann", owner.into()).await.unwrap();
+        let args = StreamArgs {
+            presence_ttl_secs: 1,
+            ..StreamArgs::default()
+        };
+        let kv = ensure_presence(&js, &args).await.unwrap();
+        let mut stream = js.get_stream("KV_presence").await.unwrap();
+        let config = stream.info().await.unwrap().config.clone();
+        assert!(config.max_age.is_zero(), "{:?}", config.max_age);
+        assert!(config.allow_message_ttl);
+        assert_eq!(
+            name_holder(&kv, "r", "ann", W).await.unwrap().as_deref(),
+            Some("u1"),
+            "entries survive the upgrade"
+        );
+        // A purge leaves a marker that expires by its own TTL, not one per key forever.
+        kv.purge_with_ttl("r.ann", Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(name_holder(&kv, "r", "ann", W).await.unwrap(), None);
+        let mut left = u64::MAX;
+        for _ in 0..100 {
+            left = stream.info().await.unwrap().state.messages;
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(left, 0, "the purge marker expired");
+        // A second start finds nothing to change.
+        ensure_presence(&js, &args).await.unwrap();
     }
 }

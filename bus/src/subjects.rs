@@ -5,6 +5,8 @@
 pub const STREAM: &str = "CHAT";
 /// The KV bucket of user names held per room.
 pub const PRESENCE_BUCKET: &str = "presence";
+/// The KV bucket of edge leases: one key per running edge, which holds its presence entries.
+pub const LEASES_BUCKET: &str = "presence-leases";
 
 /// Header naming an ephemeral room event (`typing`, `newUser`, `userLeft`) on a live subject.
 pub const HDR_EVENT: &str = "Natter-Event";

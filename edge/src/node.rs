@@ -32,6 +32,8 @@ pub enum StartError {
     Layout(#[from] natter_bus::SetupError),
     #[error("authentication: {0}")]
     Auth(#[from] natter_auth::AuthConfigError),
+    #[error("taking the presence lease: {0}")]
+    Presence(String),
 }
 
 /// Open sessions by id, for the drain.
@@ -91,8 +93,8 @@ pub struct Node {
 }
 
 impl Node {
-    /// Connect to NATS, ensure the stream and bucket, and start the background task that
-    /// refreshes presence.
+    /// Connect to NATS, ensure the stream and buckets, take this edge's presence lease and
+    /// start the background task that renews it.
     pub async fn start(config: Config) -> Result<Arc<Node>, StartError> {
         let name = config.node();
         let verifier = natter_auth::Verifier::from_args(&config.auth, config.listen)?;
@@ -114,7 +116,13 @@ impl Node {
             &format!("KV_{}", subjects::PRESENCE_BUCKET),
             timeout,
         );
-        let presence = Arc::new(Presence::new(kv, kv_reader, name.clone()));
+        let leases = natter_bus::ensure_leases(&js, &config.stream).await?;
+        let ttl = Duration::from_secs(config.stream.presence_ttl_secs.max(1));
+        let presence = Arc::new(Presence::new(kv, leases, kv_reader, name.clone(), ttl));
+        let lease = presence
+            .take_lease()
+            .await
+            .map_err(|e| StartError::Presence(e.to_string()))?;
         let limits = Limits {
             max_text_bytes: config.max_text_bytes,
             max_history_page: 500,
@@ -149,8 +157,8 @@ impl Node {
             next_request: AtomicU64::new(1),
             config,
         });
-        let refresh = Duration::from_secs((node.config.stream.presence_ttl_secs / 3).max(1));
-        node.presence.spawn_refresher(refresh);
+        node.presence
+            .spawn_lease(lease, (ttl / 3).max(Duration::from_secs(1)));
         info!(node = %node.name, "edge node started");
         Ok(node)
     }

@@ -176,7 +176,8 @@ async fn chat(
 }
 
 /// Drain: fail readiness, ask every client to reconnect elsewhere, wait for them to go
-/// (up to most of `timeout`), close whoever is left. Returns within `timeout`.
+/// (up to most of `timeout`), close whoever is left, give the presence lease up. Returns
+/// within `timeout`.
 pub async fn drain(node: &Node, timeout: Duration) {
     let deadline = tokio::time::Instant::now() + timeout;
     let close_at = deadline - timeout.min(Duration::from_secs(1)) / 2;
@@ -198,5 +199,12 @@ pub async fn drain(node: &Node, timeout: Duration) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    // Whatever presence entries remain under this edge (a release that could not reach
+    // NATS) are swept by the other edges at once, not a TTL after the lease stops.
+    let _ = tokio::time::timeout(
+        deadline.saturating_duration_since(tokio::time::Instant::now()),
+        node.presence.drop_lease(),
+    )
+    .await;
     info!(remaining = node.metrics.connections.get(), "drained");
 }

@@ -9,6 +9,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::*;
+use futures_util::TryStreamExt;
 use natter_testkit::{ChatClient, Event};
 use serde_json::{json, Value};
 
@@ -223,14 +224,28 @@ async fn concurrent_joins_of_two_users_for_one_name_admit_exactly_one_user() {
 async fn a_name_that_changed_hands_during_an_outage_closes_its_sessions_with_resync() {
     let s = stack(1, &["--presence-ttl-secs", "3"]).await;
     let (mut ann, _) = joined(&s.edges[0], ROOM, "u-ann", "Ann").await;
-    // What an outage past the TTL allows: Ann's entries expired on NATS and another userId
-    // took the name. (Written directly: the edge cannot be cut off from a single server
-    // without also losing the bucket.)
+    // What an outage past the TTL allows: the edge's lease expired, its entries were swept
+    // and another userId took the name. (Written directly: the edge cannot be cut off from
+    // a single server without also losing the bucket.)
     let client = async_nats::connect(s.nats.url()).await.unwrap();
-    let kv = async_nats::jetstream::new(client)
-        .get_key_value("presence")
+    let js = async_nats::jetstream::new(client);
+    let kv = js.get_key_value("presence").await.unwrap();
+    let leases = js.get_key_value("presence-leases").await.unwrap();
+    let mut lapsed = 0;
+    for key in leases
+        .keys()
         .await
-        .unwrap();
+        .unwrap()
+        .try_collect::<Vec<String>>()
+        .await
+        .unwrap()
+    {
+        if key != "sweep" {
+            leases.purge(&key).await.unwrap();
+            lapsed += 1;
+        }
+    }
+    assert_eq!(lapsed, 1, "one edge, one lease");
     let key = natter_bus::subjects::presence_owner_key(
         &natter_protocol::token::encode(ROOM),
         &natter_protocol::token::encode("Ann"),
@@ -241,7 +256,8 @@ async fn a_name_that_changed_hands_during_an_outage_closes_its_sessions_with_res
     })
     .unwrap();
     kv.put(&key, eve.into()).await.unwrap();
-    // The edge's next refresh notices: the session is told to resync (1013), not kept
+    // The edge's next renewal finds its lease gone and restores its entries, which shows
+    // that the name moved on: the session is told to resync (1013), not kept
     // under a name that is no longer its user's.
     assert_eq!(close_code(&mut ann).await, Some(1013));
     let mut again = ChatClient::connect(&s.edges[0].ws_url()).await.unwrap();

@@ -6,7 +6,8 @@
 //!
 //! - **owner key** `<room>.<user>` = `{userId, userName}`: created if absent; an existing
 //!   one with another userId means the name is taken (`-32001`).
-//! - **session key** `<room>.<user>.<session>` = `{node, userId}`: one per joined socket.
+//! - **session key** `<room>.<user>.<session>` = `{node, userId, lease}`: one per joined
+//!   socket, under this edge's lease (see [`lease`]).
 //!
 //! **Claim** (join): (1) create the owner key, or read it and accept it when it is ours
 //! (created → this is the first session: `newUser`); (2) put the session key; (3) *touch*
@@ -33,32 +34,34 @@
 //!   the owner key (and says `newUser`, after the leaver's `userLeft`).
 //!
 //! Two joiners of different userIds are ordered by create-if-absent on the owner key, and a
-//! joiner that lost it between (1) and (3) finds out in (3) and withdraws. Refreshes (below)
-//! also change the owner's revision; a leaver that meets one just reads and lists again.
+//! joiner that lost it between (1) and (3) finds out in (3) and withdraws.
 //! (`edge/tests/sessions.rs` races a join against the last leave and checks the name; with
-//! the read and the listing the other way round, one run in three failed at 25 rounds. On a
-//! replicated bucket a direct get may be answered by a lagging replica; the refresh below
-//! re-creates an owner key deleted on such a stale read within one period.)
+//! the read and the listing the other way round, one run in three failed at 25 rounds.)
 //!
-//! **Refresh** (every TTL/3, its writes spread over half of that): each edge
-//! compare-and-sets its own session keys (re-creating any that expired, e.g. while NATS was
-//! unreachable, if the session is still here) and touches the owner keys it has sessions
-//! under (re-creating one that is gone only while a session here still holds the name). An
-//! owner key is touched with a compare-and-set on the revision this edge's last touch left;
-//! only when that fails (someone else wrote it since) is it read first. If an owner key now
-//! belongs to another userId (ours expired during an outage and someone took the name), the
-//! sessions under it are closed with 1013 "resync": the client rejoins and gets a clear
-//! `-32001`.
+//! **Keys do not expire** (an idle session costs no writes). Deletions are purges whose
+//! markers expire after the presence TTL, so markers do not pile up. What a crashed edge
+//! left behind is removed by the live edges once its lease is gone; a release that could
+//! not reach the store is retried by this edge each lease period; and when this edge's own
+//! lease lapsed (NATS unreachable for a TTL), it restores its entries ([`Presence::restore`]):
+//! see [`lease`].
 //!
-//! **Crashes**: a dead edge's session keys and the owner keys only it refreshed expire by
-//! the bucket's TTL. No `userLeft` is sent for those (nobody is left to notice the moment).
-//! A name whose other sessions live on stays held throughout.
+//! **Restore** (after a lapse): each session key still served here is compare-and-set, or
+//! put back if it was removed meanwhile; each owner key it has sessions under is read and
+//! re-created if it is gone (only while a session here still holds the name). If an owner
+//! key now belongs to another userId (ours was freed during the outage and someone took the
+//! name), the sessions under it are closed with 1013 "resync": the client rejoins and gets
+//! a clear `-32001`. The same re-creation repairs an owner key deleted on a stale read (on a
+//! replicated bucket a direct get may be answered by a lagging replica).
 //!
-//! Why ~550 lines: claiming, releasing and refreshing a name are one protocol over the
-//! same keys and revisions; its correctness argument (above) only reads well in one place.
+//! **Crashes**: a dead edge's session keys, and the owner keys left without sessions, are
+//! removed by a sweep of a live edge about a TTL after the crash. No `userLeft` is sent at
+//! that moment; each edge's room notices the name gone at its next member check and says
+//! `userLeft` then. A name whose other sessions live on stays held throughout.
+
+pub mod lease;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
@@ -75,8 +78,8 @@ const MEMBERS_MAX: usize = 1000;
 const SESSIONS_MAX: usize = 1000;
 /// Rounds of a claim or release against concurrent writers before giving up.
 const ROUNDS: usize = 8;
-/// Keys refreshed concurrently; a round's chunks are spread over half the refresh period.
-const REFRESH_CHUNK: usize = 64;
+/// Keys restored concurrently; a round's chunks are spread over half the lease period.
+const RESTORE_CHUNK: usize = 64;
 
 #[derive(Debug, Error)]
 pub enum PresenceError {
@@ -106,7 +109,7 @@ pub enum Released {
     Freed,
     /// Other sessions still hold the name (or it had already moved on).
     StillHeld,
-    /// The store could not be reached; the entries expire by TTL.
+    /// The store could not be reached; this edge retries the release each lease period.
     Unknown,
 }
 
@@ -121,28 +124,60 @@ struct Local {
     outbox: Outbox,
 }
 
+/// A release that could not reach the store: retried each lease period.
+#[derive(Debug, Clone)]
+struct Unreleased {
+    session_key: String,
+    owner_key: String,
+    sessions_filter: String,
+}
+
 /// The presence bucket as one edge uses it.
 pub struct Presence {
     kv: kv::Store,
+    leases: kv::Store,
     reader: StreamReader,
     node: String,
+    /// This edge process's key in the leases bucket, named in each of its session keys.
+    lease: String,
+    /// The presence TTL: how long a lease lives unrenewed, and purge markers with it.
+    ttl: Duration,
     /// This edge's sessions, by session key.
     local: Mutex<HashMap<String, Local>>,
-    /// Owner keys' revisions as this edge's last refresh of each left them: the next
-    /// refresh compare-and-sets on that revision at once and reads the key only when
-    /// someone else wrote it since (one round trip per name instead of two).
-    owner_revs: Mutex<HashMap<String, u64>>,
+    unreleased: Mutex<Vec<Unreleased>>,
 }
 
 impl Presence {
-    pub fn new(kv: kv::Store, reader: StreamReader, node: String) -> Self {
+    /// `kv` is the presence bucket, `leases` the leases bucket, `reader` reads the
+    /// presence bucket's stream; `ttl` is the presence TTL. The lease is not taken yet:
+    /// [`Presence::take_lease`] before the first claim.
+    pub fn new(
+        kv: kv::Store,
+        leases: kv::Store,
+        reader: StreamReader,
+        node: String,
+        ttl: Duration,
+    ) -> Self {
+        let lease = format!(
+            "{}-{}",
+            subjects::subject_safe(&node),
+            &uuid::Uuid::new_v4().simple().to_string()[..16]
+        );
         Presence {
             kv,
+            leases,
             reader,
             node,
+            lease,
+            ttl: ttl.max(Duration::from_secs(1)),
             local: Mutex::new(HashMap::new()),
-            owner_revs: Mutex::new(HashMap::new()),
+            unreleased: Mutex::new(Vec::new()),
         }
+    }
+
+    /// This edge process's lease key.
+    pub fn lease_key(&self) -> &str {
+        &self.lease
     }
 
     fn local(&self) -> MutexGuard<'_, HashMap<String, Local>> {
@@ -171,13 +206,14 @@ impl Presence {
         let session_value: Bytes = serde_json::to_vec(&SessionEntry {
             node: self.node.clone(),
             user_id: user_id.to_owned(),
+            lease: Some(self.lease.clone()),
         })
         .map_err(unavailable)?
         .into();
 
         // (1) The owner key: ours already, or created now.
         let (mut owner_rev, mut first) = self.hold_owner(&owner_key, &owner_value, user_id).await?;
-        // (2) This session's key, remembered at once so that the refresher keeps it alive.
+        // (2) This session's key, remembered at once so that a restore keeps it.
         let revision = self
             .kv
             .put(&session_key, session_value.clone())
@@ -280,9 +316,21 @@ impl Presence {
 
     /// Drop a session this edge no longer serves, without touching its owner key.
     async fn forget(&self, session_key: &str) {
-        self.local().remove(session_key);
-        if let Err(e) = self.kv.delete(session_key).await {
-            debug!(key = session_key, error = %e, "session key left to expire");
+        let local = self.local().remove(session_key);
+        if let Some(local) = local {
+            self.purge_session(session_key.to_owned(), local).await;
+        }
+    }
+
+    /// Remove the key of a session that is gone from `local`, or leave it to the retries.
+    async fn purge_session(&self, session_key: String, local: Local) {
+        if let Err(e) = self.kv.purge_with_ttl(&session_key, self.ttl).await {
+            debug!(key = %session_key, error = %e, "removing a session key failed; will retry");
+            self.unreleased().push(Unreleased {
+                session_key,
+                owner_key: local.owner_key,
+                sessions_filter: local.sessions_filter,
+            });
         }
     }
 
@@ -290,46 +338,97 @@ impl Presence {
     #[tracing::instrument(skip(self))]
     pub async fn release(&self, session_key: &str) -> Released {
         let Some(local) = self.local().remove(session_key) else {
-            return Released::StillHeld; // never held, or dropped by the refresher
+            return Released::StillHeld; // never held, or closed by a restore
         };
-        if let Err(e) = self.kv.delete(session_key).await {
-            warn!(error = %e, "presence release failed; the session key will expire");
+        let job = Unreleased {
+            session_key: session_key.to_owned(),
+            owner_key: local.owner_key,
+            sessions_filter: local.sessions_filter,
+        };
+        if let Err(e) = self.kv.purge_with_ttl(session_key, self.ttl).await {
+            warn!(error = %e, "presence release failed; retried each lease period");
+            self.unreleased().push(job);
             return Released::Unknown;
         }
+        let released = self
+            .free_if_unheld(&job.owner_key, &job.sessions_filter, Some(&local.user_id))
+            .await;
+        if released == Released::Unknown {
+            self.unreleased().push(job);
+        }
+        released
+    }
+
+    /// Free the name under `owner_key` when no session key under it remains (and, with
+    /// `user_id`, only while that userId holds it).
+    async fn free_if_unheld(
+        &self,
+        owner_key: &str,
+        sessions_filter: &str,
+        user_id: Option<&str>,
+    ) -> Released {
         for _ in 0..ROUNDS {
             // The owner's revision is read *before* the sessions are listed: a joiner that
             // writes its session key after the listing touches the owner after this read,
-            // so the delete below fails on the revision instead of orphaning that session.
-            let rev = match self.owner(&local.owner_key).await {
-                Ok(Some((uid, rev))) if uid == local.user_id => rev,
+            // so the purge below fails on the revision instead of orphaning that session.
+            let rev = match self.owner(owner_key).await {
+                Ok(Some((uid, rev))) if user_id.is_none_or(|u| u == uid) => rev,
                 Ok(_) => return Released::StillHeld, // already freed (or taken) meanwhile
                 Err(e) => {
-                    warn!(error = %e, "reading the name failed; it will expire");
+                    warn!(error = %e, "reading the name failed; will retry");
                     return Released::Unknown;
                 }
             };
-            match self.live_sessions(&local.sessions_filter).await {
+            match self.live_sessions(sessions_filter).await {
                 Ok(0) => {}
                 Ok(_) => return Released::StillHeld,
                 Err(e) => {
-                    warn!(error = %e, "listing sessions failed; the name will expire");
+                    warn!(error = %e, "listing sessions failed; will retry");
                     return Released::Unknown;
                 }
             }
             match self
                 .kv
-                .delete_expect_revision(&local.owner_key, Some(rev))
+                .purge_expect_revision_with_ttl(owner_key, rev, self.ttl)
                 .await
             {
                 Ok(()) => return Released::Freed,
                 Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
                 Err(e) => {
-                    warn!(error = %e, "freeing the name failed; it will expire");
+                    warn!(error = %e, "freeing the name failed; will retry");
                     return Released::Unknown;
                 }
             }
         }
         Released::Unknown
+    }
+
+    fn unreleased(&self) -> MutexGuard<'_, Vec<Unreleased>> {
+        self.unreleased.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Retry the releases that could not reach the store (a name freed this way is
+    /// announced by the rooms' member checks).
+    async fn retry_unreleased(&self) {
+        let jobs = std::mem::take(&mut *self.unreleased());
+        for job in jobs {
+            // A session joined again under the same key since is not ours to remove.
+            if self.local().contains_key(&job.session_key) {
+                continue;
+            }
+            if let Err(e) = self.kv.purge_with_ttl(&job.session_key, self.ttl).await {
+                debug!(key = %job.session_key, error = %e, "release retry failed");
+                self.unreleased().push(job);
+                continue;
+            }
+            if self
+                .free_if_unheld(&job.owner_key, &job.sessions_filter, None)
+                .await
+                == Released::Unknown
+            {
+                self.unreleased().push(job);
+            }
+        }
     }
 
     /// How many session keys under a name are live.
@@ -371,14 +470,11 @@ impl Presence {
         Ok((names, complete))
     }
 
-    fn owner_revs(&self) -> MutexGuard<'_, HashMap<String, u64>> {
-        self.owner_revs.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Refresh this edge's session keys and the owner keys it has sessions under, once,
-    /// spread over about `spread`: a round is thousands of writes to the bucket, and sent
-    /// at once they stall room messages behind them on the same NATS connection and cores.
-    pub async fn refresh_all(&self, spread: Duration) {
+    /// Put back this edge's session keys and the owner keys it has sessions under, once,
+    /// after its lease lapsed (other edges may have swept them meanwhile), spread over about
+    /// `spread`: a round is thousands of writes to the bucket, and sent at once they stall
+    /// room messages behind them on the same NATS connection and cores.
+    pub async fn restore(&self, spread: Duration) {
         type Snapshot = (String, u64, Bytes);
         let (sessions, owners): (Vec<Snapshot>, HashMap<String, (Bytes, String)>) = {
             let local = self.local();
@@ -398,15 +494,15 @@ impl Presence {
             (sessions, owners)
         };
         let owners: Vec<_> = owners.into_iter().collect();
-        let rounds = sessions.len().div_ceil(REFRESH_CHUNK) + owners.len().div_ceil(REFRESH_CHUNK);
+        let rounds = sessions.len().div_ceil(RESTORE_CHUNK) + owners.len().div_ceil(RESTORE_CHUNK);
         let pause = spread / u32::try_from(rounds.max(1)).unwrap_or(u32::MAX);
         let mut first = true;
-        for chunk in sessions.chunks(REFRESH_CHUNK) {
+        for chunk in sessions.chunks(RESTORE_CHUNK) {
             if !std::mem::take(&mut first) {
                 tokio::time::sleep(pause).await;
             }
             let futs = chunk.iter().map(|(key, rev, value)| async move {
-                (key, self.refresh_session(key, *rev, value.clone()).await)
+                (key, self.restore_session(key, *rev, value.clone()).await)
             });
             for (key, rev) in futures_util::future::join_all(futs).await {
                 if let (Some(rev), Some(l)) = (rev, self.local().get_mut(key.as_str())) {
@@ -414,112 +510,70 @@ impl Presence {
                 }
             }
         }
-        for chunk in owners.chunks(REFRESH_CHUNK) {
+        for chunk in owners.chunks(RESTORE_CHUNK) {
             if !std::mem::take(&mut first) {
                 tokio::time::sleep(pause).await;
             }
             let futs = chunk.iter().map(|(key, (value, uid))| async move {
-                let known = self.owner_revs().get(key.as_str()).copied();
-                (
-                    key,
-                    self.refresh_owner(key, value.clone(), uid, known).await,
-                )
+                (key, self.restore_owner(key, value.clone(), uid).await)
             });
-            for (key, (still_ours, rev)) in futures_util::future::join_all(futs).await {
-                match rev {
-                    Some(rev) => self.owner_revs().insert(key.clone(), rev),
-                    None => self.owner_revs().remove(key.as_str()),
-                };
+            for (key, still_ours) in futures_util::future::join_all(futs).await {
                 if !still_ours {
                     self.close_sessions_under(key).await;
                 }
             }
         }
-        // Names this edge no longer holds sessions under are not refreshed again.
-        let held: std::collections::HashSet<&str> =
-            owners.iter().map(|(k, _)| k.as_str()).collect();
-        self.owner_revs().retain(|k, _| held.contains(k.as_str()));
     }
 
-    /// Keep a session key alive; its new revision, or `None` when unknown.
-    async fn refresh_session(&self, key: &str, revision: u64, value: Bytes) -> Option<u64> {
+    /// Make sure a session key exists; its new revision, or `None` when unknown.
+    async fn restore_session(&self, key: &str, revision: u64, value: Bytes) -> Option<u64> {
         match self.kv.update(key, value.clone(), revision).await {
             Ok(rev) => return Some(rev),
             Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {}
             Err(e) => {
-                warn!(key, error = %e, "presence refresh failed; will retry");
+                warn!(key, error = %e, "presence restore failed; will retry");
                 return None;
             }
         }
-        // Expired (NATS unreachable past the TTL) or released meanwhile: put it back only
-        // while the session is still here.
+        // Swept while the lease had lapsed, or released meanwhile: put it back only while
+        // the session is still here.
         if !self.local().contains_key(key) {
             return None;
         }
         match self.kv.put(key, value).await {
             Ok(rev) => Some(rev),
             Err(e) => {
-                warn!(key, error = %e, "presence refresh failed; will retry");
+                warn!(key, error = %e, "presence restore failed; will retry");
                 None
             }
         }
     }
 
-    /// Keep an owner key alive: false when it now belongs to another userId, and the
-    /// key's revision after this edge's write (`None` when unknown).
-    ///
-    /// With `known`, the revision this edge's last refresh left: a compare-and-set on it
-    /// that succeeds proves nobody wrote the key since, so it is still ours. Anything else
-    /// (another edge touched it, a leaver deleted it, someone else holds it) fails the
-    /// compare and takes the full path: read whose it is, then write.
-    async fn refresh_owner(
-        &self,
-        key: &str,
-        value: Bytes,
-        user_id: &str,
-        known: Option<u64>,
-    ) -> (bool, Option<u64>) {
-        if let Some(rev) = known {
-            match self.kv.update(key, value.clone(), rev).await {
-                Ok(rev) => return (true, Some(rev)),
-                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {}
-                Err(e) => {
-                    warn!(key, error = %e, "presence refresh of a name failed; will retry");
-                    return (true, None);
-                }
-            }
-        }
-        let refreshed = match self.owner(key).await {
-            Ok(Some((uid, _))) if uid != user_id => return (false, None),
-            Ok(Some((_, rev))) => self.kv.update(key, value, rev).await.map_err(|e| {
-                // Another edge touched it first: just as fresh.
-                (e.kind() != UpdateErrorKind::WrongLastRevision).then(|| e.to_string())
-            }),
+    /// Make sure an owner key exists while a session here holds the name: false when it
+    /// now belongs to another userId.
+    async fn restore_owner(&self, key: &str, value: Bytes, user_id: &str) -> bool {
+        let restored = match self.owner(key).await {
+            Ok(Some((uid, _))) => return uid == user_id,
             // Gone: re-created only while a session here still holds the name. The round
             // works from a snapshot taken up to half a period ago; a name whose last
             // session left since (its leaver deleted the key) must stay free.
-            Ok(None) if !self.local().values().any(|l| l.owner_key == key) => return (true, None),
+            Ok(None) if !self.local().values().any(|l| l.owner_key == key) => return true,
             Ok(None) => self.kv.create(key, value).await.map_err(|e| {
-                // Someone created it first: the next round sees whose it is.
+                // Someone created it first: the next lapse check sees whose it is.
                 (e.kind() != CreateErrorKind::AlreadyExists).then(|| e.to_string())
             }),
             Err(e) => Err(Some(e.to_string())),
         };
-        match refreshed {
-            Ok(rev) => (true, Some(rev)),
-            Err(e) => {
-                if let Some(e) = e {
-                    warn!(key, error = %e, "presence refresh of a name failed; will retry");
-                }
-                (true, None)
-            }
+        if let Err(Some(e)) = restored {
+            warn!(key, error = %e, "presence restore of a name failed");
         }
+        true
     }
 
     /// The name under `owner_key` is another userId's now: close this edge's sessions under
     /// it with `resync`, so that their clients rejoin and learn it (`-32001`).
     async fn close_sessions_under(&self, owner_key: &str) {
-        let lost: Vec<(String, Outbox)> = {
+        let lost: Vec<(String, Local)> = {
             let mut local = self.local();
             let keys: Vec<String> = local
                 .iter()
@@ -527,28 +581,13 @@ impl Presence {
                 .map(|(k, _)| k.clone())
                 .collect();
             keys.into_iter()
-                .filter_map(|k| local.remove(&k).map(|l| (k, l.outbox)))
+                .filter_map(|k| local.remove(&k).map(|l| (k, l)))
                 .collect()
         };
-        for (key, outbox) in lost {
+        for (key, local) in lost {
             info!(key = %key, "name now held by another userId; closing the session to resync");
-            outbox.close(CloseReason::Resync);
-            if let Err(e) = self.kv.delete(&key).await {
-                debug!(key = %key, error = %e, "session key left to expire");
-            }
+            local.outbox.close(CloseReason::Resync);
+            self.purge_session(key, local).await;
         }
-    }
-
-    /// Refresh every `period` until the edge stops.
-    pub fn spawn_refresher(self: &Arc<Self>, period: Duration) -> tokio::task::JoinHandle<()> {
-        let me = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                me.refresh_all(period / 2).await;
-            }
-        })
     }
 }

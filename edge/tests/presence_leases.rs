@@ -1,0 +1,315 @@
+//! Presence under edge leases, against a real nats-server and real edges: idle sessions
+//! write nothing, a dead lease's names are freed by a live edge, a lapsed lease is taken
+//! again without losing a name, and a restore round (spread over time, working from a
+//! snapshot) never brings back a name whose last session left during it.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use common::*;
+use futures_util::TryStreamExt;
+
+use natter_bus::{subjects, StreamArgs, StreamReader};
+use natter_edge::outbox::{Outbox, Signal};
+use natter_edge::presence::{Presence, Released};
+use natter_edge::transport::socket::Socket;
+use natter_testkit::{ChatClient, NatsServer};
+use tokio::sync::watch;
+
+/// A session's outbox over a loopback socket (the restore never writes to it here).
+async fn outbox() -> (Outbox, tokio::net::TcpStream) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let (c, s) = tokio::join!(tokio::net::TcpStream::connect(addr), l.accept());
+    let (tx, _rx) = watch::channel(Signal::default());
+    (
+        Outbox::new(Socket::new(s.expect("accept").0, 8), tx),
+        c.expect("connect"),
+    )
+}
+
+#[tokio::test]
+async fn a_name_released_during_a_restore_round_stays_free() {
+    let nats = NatsServer::start().await;
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client.clone());
+    let kv = natter_bus::ensure_presence(&js, &StreamArgs::default())
+        .await
+        .expect("presence bucket");
+    let reader = StreamReader::new(
+        client.clone(),
+        &format!("KV_{}", subjects::PRESENCE_BUCKET),
+        Duration::from_secs(5),
+    );
+    let leases = natter_bus::ensure_leases(&js, &StreamArgs::default())
+        .await
+        .expect("leases bucket");
+    let presence = Arc::new(Presence::new(
+        kv.clone(),
+        leases,
+        reader,
+        "edge-t".into(),
+        Duration::from_secs(30),
+    ));
+
+    // Enough names for several chunks, so the round's owner writes come well after its
+    // snapshot.
+    const NAMES: usize = 200;
+    let mut held = Vec::new();
+    for i in 0..NAMES {
+        let (out, peer) = outbox().await;
+        let c = presence
+            .claim(
+                "room",
+                &format!("u{i}"),
+                &format!("id{i}"),
+                &format!("user{i}"),
+                &format!("s{i}"),
+                &out,
+            )
+            .await
+            .expect("claim");
+        assert!(c.first);
+        held.push((c, out, peer));
+    }
+
+    // A round spread over 2 s; every session leaves at its start.
+    let round = {
+        let p = presence.clone();
+        tokio::spawn(async move { p.restore(Duration::from_secs(2)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for (c, _, _) in &held {
+        assert_eq!(presence.release(&c.session_key).await, Released::Freed);
+    }
+    tokio::time::timeout(Duration::from_secs(30), round)
+        .await
+        .expect("the round ends")
+        .expect("the round does not panic");
+
+    // Every name is free: no owner key was brought back.
+    let mut back = Vec::new();
+    for (c, _, _) in &held {
+        if kv.get(&c.owner_key).await.expect("get").is_some() {
+            back.push(c.owner_key.clone());
+        }
+    }
+    assert!(
+        back.is_empty(),
+        "{} of {NAMES} released names were re-created by the restore: {:?}",
+        back.len(),
+        &back[..back.len().min(5)]
+    );
+}
+
+const ROOM: &str = "Lease Room";
+
+fn room_token() -> String {
+    natter_protocol::token::encode(ROOM)
+}
+
+fn user_token(name: &str) -> String {
+    natter_protocol::token::encode(name)
+}
+
+async fn buckets(nats: &NatsServer) -> (jetstream::Context, kv::Store, kv::Store) {
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let js = jetstream::new(client);
+    let presence = js.get_key_value("presence").await.expect("presence");
+    let leases = js.get_key_value("presence-leases").await.expect("leases");
+    (js, presence, leases)
+}
+
+/// The leases bucket's keys but the sweep key.
+async fn lease_keys(leases: &kv::Store) -> Vec<String> {
+    let keys: Vec<String> = leases
+        .keys()
+        .await
+        .expect("keys")
+        .try_collect()
+        .await
+        .expect("keys");
+    keys.into_iter().filter(|k| k != "sweep").collect()
+}
+
+/// Poll `holder` of the name until it is `want`, for at most [`WAIT`].
+async fn await_holder(presence: &kv::Store, name: &str, want: Option<&str>) {
+    let mut got = None;
+    for _ in 0..200 {
+        got = natter_bus::name_holder(presence, &room_token(), &user_token(name), WAIT)
+            .await
+            .expect("lookup");
+        if got.as_deref() == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{name} is held by {got:?}, not {want:?}");
+}
+
+#[tokio::test]
+async fn idle_sessions_write_nothing_to_presence() {
+    let s = stack(1, &["--presence-ttl-secs", "3"]).await;
+    let mut clients = Vec::new();
+    for name in ["Ann", "Bob", "Cid"] {
+        clients.push(
+            joined(&s.edges[0], ROOM, &format!("u-{name}"), name)
+                .await
+                .0,
+        );
+    }
+    let (js, presence, leases) = buckets(&s.nats).await;
+    let mut stream = js.get_stream("KV_presence").await.expect("stream");
+    let before = stream.info().await.expect("info").state.last_sequence;
+    let lease_before = lease_keys(&leases).await;
+    assert_eq!(lease_before.len(), 1, "{lease_before:?}");
+    let renewed_before = leases
+        .entry(&lease_before[0])
+        .await
+        .expect("entry")
+        .expect("lease")
+        .revision;
+    // Two TTLs: under per-session refreshes that was six writes per key.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let after = stream.info().await.expect("info").state.last_sequence;
+    assert_eq!(before, after, "idle sessions wrote to the presence bucket");
+    for name in ["Ann", "Bob", "Cid"] {
+        let uid = format!("u-{name}");
+        await_holder(&presence, name, Some(uid.as_str())).await;
+    }
+    // The lease is what is renewed instead.
+    let renewed_after = leases
+        .entry(&lease_before[0])
+        .await
+        .expect("entry")
+        .expect("lease is live")
+        .revision;
+    assert!(
+        renewed_after > renewed_before,
+        "{renewed_before} -> {renewed_after}"
+    );
+    for c in &mut clients {
+        assert_eq!(
+            c.call("ping", serde_json::json!({})).await["result"],
+            "pong"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_dead_leases_names_are_freed_by_a_live_edge() {
+    let s = stack(1, &["--presence-ttl-secs", "3"]).await;
+    let (_watcher, _) = joined(&s.edges[0], ROOM, "u-bob", "Bob").await;
+    let (_js, presence, leases) = buckets(&s.nats).await;
+    // Another edge's lease, and a name held under it from one of its sessions.
+    leases
+        .put("edge-ghost-0123456789abcdef", "edge-ghost".into())
+        .await
+        .expect("lease");
+    let owner = serde_json::to_vec(&natter_bus::Owner {
+        user_id: "u-ann".into(),
+        user_name: "Ann".into(),
+    })
+    .expect("json");
+    let session = serde_json::to_vec(&natter_bus::SessionEntry {
+        node: "edge-ghost".into(),
+        user_id: "u-ann".into(),
+        lease: Some("edge-ghost-0123456789abcdef".into()),
+    })
+    .expect("json");
+    let owner_key = subjects::presence_owner_key(&room_token(), &user_token("Ann"));
+    presence.put(&owner_key, owner.into()).await.expect("owner");
+    presence
+        .put(format!("{owner_key}.s1"), session.into())
+        .await
+        .expect("session");
+    // While the lease lives, the name stays held through several sweeps' worth of periods.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    await_holder(&presence, "Ann", Some("u-ann")).await;
+    let mut eve = ChatClient::connect(&s.edges[0].ws_url())
+        .await
+        .expect("connect");
+    let err = eve
+        .join(ROOM, "u-eve", "Ann", None, false)
+        .await
+        .expect_err("taken");
+    assert_eq!(err["error"]["code"], -32001, "{err}");
+    // The ghost edge dies (its lease is gone): the live edge sweeps its entries.
+    leases
+        .purge("edge-ghost-0123456789abcdef")
+        .await
+        .expect("purge");
+    await_holder(&presence, "Ann", None).await;
+    let w = eve
+        .join(ROOM, "u-eve", "Ann", None, false)
+        .await
+        .expect("the name is free again");
+    let members = w["params"]["members"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(members.len(), 2, "{members:?}");
+    assert!(
+        presence
+            .get(format!("{owner_key}.s1"))
+            .await
+            .expect("get")
+            .is_none(),
+        "the dead session key was removed"
+    );
+}
+
+#[tokio::test]
+async fn a_lapsed_lease_is_taken_again_and_keeps_its_names() {
+    let s = stack(1, &["--presence-ttl-secs", "3"]).await;
+    let (mut ann, _) = joined(&s.edges[0], ROOM, "u-ann", "Ann").await;
+    let (_js, presence, leases) = buckets(&s.nats).await;
+    let owner_key = subjects::presence_owner_key(&room_token(), &user_token("Ann"));
+    // What a lapse allows: another edge swept Ann's entries, then the lease expired (in
+    // this order here, so that the edge cannot restore between the two).
+    let sessions: Vec<String> = presence
+        .keys()
+        .await
+        .expect("keys")
+        .try_collect()
+        .await
+        .expect("keys");
+    for key in sessions
+        .iter()
+        .filter(|k| k.starts_with(&format!("{owner_key}.")))
+    {
+        presence.purge(key).await.expect("purge session");
+    }
+    presence.purge(&owner_key).await.expect("purge owner");
+    let lease = lease_keys(&leases).await;
+    assert_eq!(lease.len(), 1, "{lease:?}");
+    leases.purge(&lease[0]).await.expect("purge lease");
+    // The edge takes its lease again and puts Ann's entries back; she never notices.
+    await_holder(&presence, "Ann", Some("u-ann")).await;
+    let mut back = Vec::new();
+    for _ in 0..200 {
+        back = lease_keys(&leases).await;
+        if !back.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(back, lease, "the same lease, taken again");
+    assert_eq!(
+        ann.call("ping", serde_json::json!({})).await["result"],
+        "pong"
+    );
+    let mut eve = ChatClient::connect(&s.edges[0].ws_url())
+        .await
+        .expect("connect");
+    let err = eve
+        .join(ROOM, "u-eve", "Ann", None, false)
+        .await
+        .expect_err("taken");
+    assert_eq!(err["error"]["code"], -32001, "{err}");
+}

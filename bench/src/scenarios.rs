@@ -180,6 +180,10 @@ pub struct IdleArgs {
     /// Members per room.
     #[arg(long, default_value_t = 10)]
     pub room_size: usize,
+    /// After joining, stay idle this long and report the CPU each process used meanwhile
+    /// (WebSocket pings, presence upkeep); at least one presence TTL to see its upkeep.
+    #[arg(long, default_value_t = 40)]
+    pub idle_secs: u64,
     #[command(flatten)]
     pub topology: TopologyArgs,
     /// Print one JSON object instead of text.
@@ -187,7 +191,8 @@ pub struct IdleArgs {
     pub json: bool,
 }
 
-/// `idle`: N joined, idle connections on one edge; edge RSS per connection.
+/// `idle`: N joined, idle connections on one edge; edge RSS per connection, and the CPU
+/// that keeping them joined costs the edge and nats-server.
 pub async fn idle(a: &IdleArgs) -> Report {
     let mut t = a.topology.clone();
     t.edges = 1;
@@ -251,6 +256,12 @@ pub async fn idle(a: &IdleArgs) -> Report {
         "edge_rss_per_connection_kib",
         round((rss1.saturating_sub(rss0)) as f64 / n / 1024.0, 2),
     );
+    if a.idle_secs > 0 {
+        let before = crate::report::cpu_snapshot(&procs);
+        tokio::time::sleep(Duration::from_secs(a.idle_secs)).await;
+        rep.set("idle_window_s", a.idle_secs);
+        rep.cpu(&procs, &before);
+    }
     let _ = stop_tx.send(true);
     for c in conns {
         let _ = c.await;

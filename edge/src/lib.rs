@@ -10,12 +10,14 @@
 //!   encoded once; the seam/gap bookkeeping is the sans-IO [`room::delivery`] state machine.
 //! - [`catchup`]: history on join, resume after `lastMessageId`, `getHistory`.
 //! - [`presence`]: user names per room in the `presence` KV bucket, held by one userId from
-//!   any number of sessions (its doc argues why concurrent joins and leaves stay consistent).
+//!   any number of sessions (its doc argues why concurrent joins and leaves stay consistent),
+//!   and the edge's lease, under which its sessions live ([`presence::lease`]).
 //! - [`outbox`]: the handle through which rooms reach a socket without waiting on it.
 //! - [`node`]: what all of the above share; [`config`], [`metrics`].
 //!
 //! The edge holds no state that matters when it dies: messages live in the stream (and the
-//! archive), names expire from presence, and clients resume by `_id` on another edge.
+//! archive), its names are swept from presence once its lease expires, and clients
+//! resume by `_id` on another edge.
 
 pub mod catchup;
 pub mod config;

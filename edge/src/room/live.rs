@@ -285,10 +285,11 @@ impl Room {
         }
     }
 
-    /// Names whose edge crashed expire from presence without a `userLeft`: a name the members
-    /// know of that two checks in a row did not find in presence is announced as left, to
-    /// this edge's members (every edge with members does the same for its own). A name that
-    /// left normally is announced by its edge and never reaches a second check.
+    /// Names whose edge crashed leave presence (a live edge sweeps them) without a
+    /// `userLeft`: a name the members know of that two checks in a row did not find in
+    /// presence is announced as left, to this edge's members (every edge with members does
+    /// the same for its own). A name that left normally is announced by its edge and never
+    /// reaches a second check.
     async fn check_presence(&self, deps: &RoomDeps) {
         let (present, complete) = match deps.presence.members_checked(&self.token).await {
             Ok(r) => r,
@@ -321,7 +322,7 @@ impl Room {
             gone
         };
         for name in gone {
-            info!(user = %name, "name expired from presence (its edge is gone); telling the room");
+            info!(user = %name, "name gone from presence (its edge is gone); telling the room");
             let note = frame::notification(
                 "userLeft",
                 serde_json::json!({"type": "system", "text": format!("{name} has left the room!"),

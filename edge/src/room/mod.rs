@@ -39,7 +39,7 @@ pub struct RoomDeps {
     /// `--coalesce-ms`.
     pub coalesce: Duration,
     /// Who holds which name: a room tells its members about names that vanished without a
-    /// `userLeft` (their edge crashed and the names expired).
+    /// `userLeft` (their edge crashed and a live edge swept the names).
     pub presence: Arc<Presence>,
 }
 

@@ -313,3 +313,28 @@ async fn a_lapsed_lease_is_taken_again_and_keeps_its_names() {
         .expect_err("taken");
     assert_eq!(err["error"]["code"], -32001, "{err}");
 }
+
+#[tokio::test]
+async fn a_name_deleted_under_a_joined_session_is_put_back() {
+    let s = stack(1, &["--presence-ttl-secs", "3"]).await;
+    let (mut ann, _) = joined(&s.edges[0], ROOM, "u-ann", "Ann").await;
+    let (_js, presence, _leases) = buckets(&s.nats).await;
+    // What a leaver's listing answered by a lagging replica could do: delete the owner key
+    // while a session still holds the name.
+    let owner_key = subjects::presence_owner_key(&room_token(), &user_token("Ann"));
+    presence.purge(&owner_key).await.expect("purge owner");
+    // The room's presence check notices and puts it back; nobody else can take the name.
+    await_holder(&presence, "Ann", Some("u-ann")).await;
+    let mut eve = ChatClient::connect(&s.edges[0].ws_url())
+        .await
+        .expect("connect");
+    let err = eve
+        .join(ROOM, "u-eve", "Ann", None, false)
+        .await
+        .expect_err("taken");
+    assert_eq!(err["error"]["code"], -32001, "{err}");
+    assert_eq!(
+        ann.call("ping", serde_json::json!({})).await["result"],
+        "pong"
+    );
+}

@@ -50,8 +50,12 @@
 //! re-created if it is gone (only while a session here still holds the name). If an owner
 //! key now belongs to another userId (ours was freed during the outage and someone took the
 //! name), the sessions under it are closed with 1013 "resync": the client rejoins and gets
-//! a clear `-32001`. The same re-creation repairs an owner key deleted on a stale read (on a
-//! replicated bucket a direct get may be answered by a lagging replica).
+//! a clear `-32001`.
+//!
+//! **Repair**: on a replicated bucket a direct get may be answered by a lagging replica, so
+//! a leaver's (or a sweep's) listing may miss a session and delete the owner key under it.
+//! Each room's periodic presence check lists the room's names anyway; a name that sessions
+//! here hold but the listing lacks is re-created the same way ([`Presence::repair_room`]).
 //!
 //! **Crashes**: a dead edge's session keys, and the owner keys left without sessions, are
 //! removed by a sweep of a live edge about a TTL after the crash. No `userLeft` is sent at
@@ -60,7 +64,7 @@
 
 pub mod lease;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -124,6 +128,16 @@ struct Local {
     outbox: Outbox,
 }
 
+/// The names held in a room, as one listing of presence saw them.
+#[derive(Debug, Default, Clone)]
+pub struct RoomNames {
+    pub names: Vec<String>,
+    /// Their owner keys.
+    pub keys: HashSet<String>,
+    /// False when the room has more names than one listing returns.
+    pub complete: bool,
+}
+
 /// A release that could not reach the store: retried each lease period.
 #[derive(Debug, Clone)]
 struct Unreleased {
@@ -142,8 +156,8 @@ pub struct Presence {
     lease: String,
     /// The presence TTL: how long a lease lives unrenewed, and purge markers with it.
     ttl: Duration,
-    /// This edge's sessions, by session key.
-    local: Mutex<HashMap<String, Local>>,
+    /// This edge's sessions, by session key (ordered: a room's are one range).
+    local: Mutex<BTreeMap<String, Local>>,
     unreleased: Mutex<Vec<Unreleased>>,
 }
 
@@ -170,7 +184,7 @@ impl Presence {
             node,
             lease,
             ttl: ttl.max(Duration::from_secs(1)),
-            local: Mutex::new(HashMap::new()),
+            local: Mutex::new(BTreeMap::new()),
             unreleased: Mutex::new(Vec::new()),
         }
     }
@@ -180,7 +194,7 @@ impl Presence {
         &self.lease
     }
 
-    fn local(&self) -> MutexGuard<'_, HashMap<String, Local>> {
+    fn local(&self) -> MutexGuard<'_, BTreeMap<String, Local>> {
         self.local.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -443,7 +457,7 @@ impl Presence {
     /// Names currently held in a room (owner keys only).
     pub async fn members(&self, room_token: &str) -> Vec<String> {
         match self.members_checked(room_token).await {
-            Ok((names, _)) => names,
+            Ok(held) => held.names,
             Err(e) => {
                 warn!(error = %e, "listing room members failed");
                 Vec::new()
@@ -451,9 +465,9 @@ impl Presence {
         }
     }
 
-    /// Names currently held in a room, and whether the list is complete (a room with more
-    /// than [`MEMBERS_MAX`] names is listed in part).
-    pub async fn members_checked(&self, room_token: &str) -> Result<(Vec<String>, bool), String> {
+    /// Names currently held in a room, their owner keys, and whether the list is complete
+    /// (a room with more than [`MEMBERS_MAX`] names is listed in part).
+    pub async fn members_checked(&self, room_token: &str) -> Result<RoomNames, String> {
         let filter = subjects::presence_room_filter(room_token);
         let msgs = self
             .reader
@@ -461,13 +475,52 @@ impl Presence {
             .await
             .map_err(|e| e.to_string())?;
         let complete = msgs.len() < MEMBERS_MAX;
-        let names = msgs
-            .into_iter()
-            .filter(|m| m.headers.get("KV-Operation").is_none())
-            .filter_map(|m| serde_json::from_slice::<Owner>(&m.payload).ok())
-            .map(|o| o.user_name)
+        let mut held = RoomNames {
+            complete,
+            ..RoomNames::default()
+        };
+        for m in msgs {
+            if m.headers.get("KV-Operation").is_some() {
+                continue;
+            }
+            let (Some(key), Ok(owner)) = (
+                subjects::presence_key_of_subject(&m.subject),
+                serde_json::from_slice::<Owner>(&m.payload),
+            ) else {
+                continue;
+            };
+            held.keys.insert(key.to_owned());
+            held.names.push(owner.user_name);
+        }
+        Ok(held)
+    }
+
+    /// Re-create the owner keys of names that sessions here hold in a room but a complete
+    /// listing (`held`) did not show: deleted on a stale read (a lagging replica answered a
+    /// leaver's or a sweep's listing), the one way a joined session can lose its name. A
+    /// name another userId holds by now closes its sessions here with `resync`.
+    pub async fn repair_room(&self, room_token: &str, held: &RoomNames) {
+        if !held.complete {
+            return;
+        }
+        let prefix = format!("{room_token}.");
+        let missing: HashMap<String, (Bytes, String)> = self
+            .local()
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter(|(_, l)| !held.keys.contains(&l.owner_key))
+            .map(|(_, l)| {
+                (
+                    l.owner_key.clone(),
+                    (l.owner_value.clone(), l.user_id.clone()),
+                )
+            })
             .collect();
-        Ok((names, complete))
+        for (key, (value, uid)) in missing {
+            if !self.restore_owner(&key, value, &uid).await {
+                self.close_sessions_under(&key).await;
+            }
+        }
     }
 
     /// Put back this edge's session keys and the owner keys it has sessions under, once,
@@ -558,10 +611,15 @@ impl Presence {
             // works from a snapshot taken up to half a period ago; a name whose last
             // session left since (its leaver deleted the key) must stay free.
             Ok(None) if !self.local().values().any(|l| l.owner_key == key) => return true,
-            Ok(None) => self.kv.create(key, value).await.map_err(|e| {
-                // Someone created it first: the next lapse check sees whose it is.
-                (e.kind() != CreateErrorKind::AlreadyExists).then(|| e.to_string())
-            }),
+            Ok(None) => match self.kv.create(key, value).await {
+                Ok(_) => {
+                    info!(key, "a name held here was gone from presence; re-created");
+                    Ok(())
+                }
+                // Someone created it first: the room's next presence check sees whose it is.
+                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(()),
+                Err(e) => Err(Some(e.to_string())),
+            },
             Err(e) => Err(Some(e.to_string())),
         };
         if let Err(Some(e)) = restored {

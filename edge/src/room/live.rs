@@ -3,7 +3,8 @@
 //!
 //! Every decision (stale, deliver, repair first, which members get what) is the state
 //! machine's; this file only moves bytes between NATS and it. It also keeps the members'
-//! view of who is in the room honest when an edge crashes (see [`Room::check_presence`]). One task per room, so live
+//! view of who is in the room honest when an edge crashes, and this edge's members' names
+//! in presence (see [`Room::check_presence`]). One task per room, so live
 //! messages of a room are handled one at a time, in the order NATS delivers them; with
 //! `--coalesce-ms` that task also decides when the staged messages are written
 //! ([`super::coalesce`]).
@@ -25,6 +26,7 @@ use super::coalesce::Coalescer;
 use super::delivery::{Delivery, Live};
 use super::RoomDeps;
 use crate::outbox::Outbox;
+use crate::presence::RoomNames;
 use crate::transport::frame as wire;
 
 #[derive(Debug, Error, Clone)]
@@ -95,7 +97,7 @@ impl Room {
             .await
             .map_err(|e| RoomError::Stream(e.to_string()))?;
         self.delivery().start_at(last);
-        if let Ok((names, _)) = deps.presence.members_checked(&self.token).await {
+        if let Ok(RoomNames { names, .. }) = deps.presence.members_checked(&self.token).await {
             self.names().extend(names.into_iter().map(|n| (n, 0)));
         }
         let span = tracing::info_span!("room", room = %self.name);
@@ -289,19 +291,21 @@ impl Room {
     /// `userLeft`: a name the members know of that two checks in a row did not find in
     /// presence is announced as left, to this edge's members (every edge with members does
     /// the same for its own). A name that left normally is announced by its edge and never
-    /// reaches a second check.
+    /// reaches a second check. Names of this edge's members missing from a complete listing
+    /// are put back first ([`crate::presence::Presence::repair_room`]).
     async fn check_presence(&self, deps: &RoomDeps) {
-        let (present, complete) = match deps.presence.members_checked(&self.token).await {
+        let held = match deps.presence.members_checked(&self.token).await {
             Ok(r) => r,
             Err(e) => {
                 debug!(error = %e, "presence check failed");
                 return;
             }
         };
-        if !complete {
+        if !held.complete {
             return; // a partial list proves no absence
         }
-        let present: HashSet<String> = present.into_iter().collect();
+        deps.presence.repair_room(&self.token, &held).await;
+        let present: HashSet<String> = held.names.into_iter().collect();
         let gone: Vec<String> = {
             let mut names = self.names();
             for n in &present {

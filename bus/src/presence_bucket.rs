@@ -13,9 +13,11 @@
 //! Presence keys do not expire: an idle session costs no writes. Each edge instead renews
 //! one key of its own in `presence-leases` (whose keys expire after the presence TTL), and
 //! every session entry names the lease it lives under. When a lease is gone, the live edges
-//! remove that edge's entries (`edge/src/presence/lease.rs`). Deletions are purges whose
-//! markers expire after the TTL (per-message TTL, NATS ≥ 2.11), so a bucket that sees
-//! millions of sessions come and go does not keep a marker for each.
+//! remove that edge's entries (`edge/src/presence/lease.rs`). Keys are removed by deleting
+//! their message by sequence (a compare-and-delete on the revision that leaves no marker),
+//! so a bucket that sees millions of sessions come and go keeps nothing of them, and the
+//! subjects under a prefix, as the stream's subject index lists them, are exactly the keys
+//! that exist.
 //!
 //! How the edge keeps these consistent (claim, release, lease, sweep) is its business
 //! (`edge/src/presence/`); this module creates and opens the buckets, defines the values,
@@ -59,29 +61,70 @@ pub struct SessionEntry {
 #[error("presence lookup failed: {0}")]
 pub struct LookupError(pub String);
 
-/// Open the presence bucket, creating it when absent. A bucket made by edges from before
-/// leases (entries expiring by the bucket's max age) is updated in place: no max age, and
-/// per-message TTLs allowed for the purge markers.
+/// Open the presence bucket, creating it when absent. Its stream is made here rather than
+/// by the KV API, which would deny deleting a message by sequence (how this version
+/// removes keys) and cannot be changed afterwards. A bucket made by natter from before
+/// edge leases (that kind: max age, deletes denied) is deleted and made again; edges of
+/// that version put their entries back at their next refresh, within a third of the TTL.
 pub async fn ensure_presence(
     js: &jetstream::Context,
     args: &StreamArgs,
 ) -> Result<kv::Store, SetupError> {
-    let ttl = Duration::from_secs(args.presence_ttl_secs.max(1));
-    let cfg = kv::Config {
-        bucket: PRESENCE_BUCKET.into(),
-        description:
+    let stream_name = format!("KV_{PRESENCE_BUCKET}");
+    let mut last_err = String::new();
+    for attempt in 0..5u32 {
+        match js.get_stream(&stream_name).await {
+            Ok(mut stream) => match stream.info().await {
+                Ok(info) if info.config.deny_delete || !info.config.max_age.is_zero() => {
+                    tracing::warn!(
+                        "the presence bucket was made by natter from before edge leases; \
+                         making it again (names held on older edges come back within a \
+                         third of the presence TTL)"
+                    );
+                    if let Err(e) = js.delete_stream(&stream_name).await {
+                        last_err = e.to_string();
+                    }
+                    continue;
+                }
+                Ok(_) => match js.get_key_value(PRESENCE_BUCKET).await {
+                    Ok(store) => return Ok(store),
+                    Err(e) => last_err = e.to_string(),
+                },
+                Err(e) => last_err = e.to_string(),
+            },
+            Err(_) => match js.create_stream(presence_stream(args)).await {
+                Ok(_) => continue, // opened as a bucket on the next round
+                Err(e) => last_err = e.to_string(),
+            },
+        }
+        tracing::warn!(attempt, error = %last_err, "opening the presence bucket failed, retrying");
+        tokio::time::sleep(Duration::from_millis(200 * (u64::from(attempt) + 1))).await;
+    }
+    Err(SetupError::Presence(last_err))
+}
+
+/// The presence bucket's stream: what the KV API would make for one key per subject (no
+/// history), but with deletes by sequence allowed.
+fn presence_stream(args: &StreamArgs) -> jetstream::stream::Config {
+    jetstream::stream::Config {
+        name: format!("KV_{PRESENCE_BUCKET}"),
+        description: Some(
             "natter: user names held per room (<room>.<user> owner, <room>.<user>.<session> sessions)"
                 .into(),
-        history: 1,
-        max_value_size: 1024,
+        ),
+        subjects: vec![format!("$KV.{PRESENCE_BUCKET}.>")],
+        max_messages_per_subject: 1,
+        max_message_size: 1024,
+        discard: jetstream::stream::DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: false,
+        deny_purge: false,
+        allow_direct: true,
+        duplicate_window: Duration::from_secs(120),
         storage: jetstream::stream::StorageType::File,
         num_replicas: args.stream_replicas.max(1),
-        limit_markers: Some(ttl),
         ..Default::default()
-    };
-    let store = open_or_create(js, cfg).await?;
-    upgrade_presence(js, ttl).await?;
-    Ok(store)
+    }
 }
 
 /// Open the leases bucket, creating it when absent: one key per edge process, expiring
@@ -119,33 +162,6 @@ async fn open_or_create(js: &jetstream::Context, cfg: kv::Config) -> Result<kv::
         }
     }
     Err(SetupError::Presence(last_err))
-}
-
-/// Take the max age off a presence bucket made before leases, and allow per-message TTLs.
-async fn upgrade_presence(js: &jetstream::Context, ttl: Duration) -> Result<(), SetupError> {
-    let stream_name = format!("KV_{PRESENCE_BUCKET}");
-    let mut stream = js
-        .get_stream(&stream_name)
-        .await
-        .map_err(|e| SetupError::Presence(e.to_string()))?;
-    let info = stream
-        .info()
-        .await
-        .map_err(|e| SetupError::Presence(e.to_string()))?;
-    let mut config = info.config.clone();
-    if config.max_age.is_zero() && config.allow_message_ttl {
-        return Ok(());
-    }
-    config.max_age = Duration::ZERO;
-    config.allow_message_ttl = true;
-    if config.subject_delete_marker_ttl.is_none() {
-        config.subject_delete_marker_ttl = Some(ttl);
-    }
-    js.update_stream(&config)
-        .await
-        .map_err(|e| SetupError::Presence(e.to_string()))?;
-    tracing::info!("presence bucket upgraded to edge leases: no max age, markers expire");
-    Ok(())
 }
 
 /// The userId holding the name `user_token` in room `room_token`, or `None` when the name
@@ -218,7 +234,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_bucket_from_before_leases_is_upgraded_in_place_and_its_markers_expire() {
+    async fn a_bucket_from_before_leases_is_made_again() {
         let nats = natter_testkit::NatsServer::start().await;
         let client = async_nats::connect(nats.url()).await.unwrap();
         let js = jetstream::new(client);
@@ -238,35 +254,29 @@ mod tests {
         })
         .unwrap();
         old.put("r.ann", owner.into()).await.unwrap();
-        let args = StreamArgs {
-            presence_ttl_secs: 1,
-            ..StreamArgs::default()
-        };
+        let args = StreamArgs::default();
         let kv = ensure_presence(&js, &args).await.unwrap();
         let mut stream = js.get_stream("KV_presence").await.unwrap();
         let config = stream.info().await.unwrap().config.clone();
         assert!(config.max_age.is_zero(), "{:?}", config.max_age);
-        assert!(config.allow_message_ttl);
+        assert!(!config.deny_delete);
+        assert_eq!(name_holder(&kv, "r", "ann", W).await.unwrap(), None);
+        // An edge of the older version puts its names back through its old handle.
+        let owner = serde_json::to_vec(&Owner {
+            user_id: "u1".into(),
+            user_name: "Ann".into(),
+        })
+        .unwrap();
+        old.create("r.ann", owner.into()).await.unwrap();
         assert_eq!(
             name_holder(&kv, "r", "ann", W).await.unwrap().as_deref(),
-            Some("u1"),
-            "entries survive the upgrade"
+            Some("u1")
         );
-        // A purge leaves a marker that expires by its own TTL, not one per key forever.
-        kv.purge_with_ttl("r.ann", Duration::from_secs(1))
-            .await
-            .unwrap();
-        assert_eq!(name_holder(&kv, "r", "ann", W).await.unwrap(), None);
-        let mut left = u64::MAX;
-        for _ in 0..100 {
-            left = stream.info().await.unwrap().state.messages;
-            if left == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert_eq!(left, 0, "the purge marker expired");
-        // A second start finds nothing to change.
-        ensure_presence(&js, &args).await.unwrap();
+        // A second start finds nothing to change and keeps the entries.
+        let kv = ensure_presence(&js, &args).await.unwrap();
+        assert_eq!(
+            name_holder(&kv, "r", "ann", W).await.unwrap().as_deref(),
+            Some("u1")
+        );
     }
 }

@@ -4,8 +4,13 @@
 //! of a subject starting at a sequence, up to an optional last sequence, ended by an `EOB`
 //! status. No consumer is created, so history, catch-up and gap repair cost one round trip
 //! per batch and leave nothing behind on the server.
+//!
+//! For KV buckets read as streams (presence), two more calls: the subjects under a prefix
+//! as the stream's leader knows them ([`StreamReader::subjects`], from the subject index),
+//! and deleting one message by sequence ([`StreamReader::delete_seq`]), which is a
+//! compare-and-delete on a key's revision.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use async_nats::{Client, HeaderMap};
@@ -27,6 +32,8 @@ pub enum ReadError {
     Timeout(Duration),
     #[error("the stream answered with status {0}: {1}")]
     Status(u16, String),
+    #[error("the JetStream API refused (error {0}): {1}")]
+    Api(u64, String),
     #[error("a direct-get reply had no valid {HDR_SEQUENCE} header")]
     MissingSequence,
     #[error("the replica that answered is behind the stream (it lacks sequence {0}); retry")]
@@ -53,8 +60,6 @@ struct DirectGetRequest<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     last_by_subj: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    multi_last: Option<[&'a str; 1]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     batch: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     up_to_seq: Option<u64>,
@@ -68,8 +73,15 @@ pub struct StreamReader {
     client: Client,
     api_subject: String,
     info_subject: String,
+    delete_subject: String,
     timeout: Duration,
 }
+
+/// Most subjects one stream-info reply lists (the server pages longer lists).
+const SUBJECTS_PAGE: usize = 100_000;
+/// The JetStream API error codes of a delete whose sequence is not in the stream.
+const SEQ_NOT_FOUND: u64 = 10043;
+const DELETE_FAILED: u64 = 10057;
 
 impl StreamReader {
     pub fn new(client: Client, stream: &str, timeout: Duration) -> Self {
@@ -77,6 +89,7 @@ impl StreamReader {
             client,
             api_subject: format!("$JS.API.DIRECT.GET.{stream}"),
             info_subject: format!("$JS.API.STREAM.INFO.{stream}"),
+            delete_subject: format!("$JS.API.STREAM.MSG.DELETE.{stream}"),
             timeout,
         }
     }
@@ -87,7 +100,6 @@ impl StreamReader {
             seq: None,
             next_by_subj: None,
             last_by_subj: Some(subject),
-            multi_last: None,
             batch: None,
             up_to_seq: None,
             start_time: None,
@@ -104,20 +116,79 @@ impl StreamReader {
     /// The stream's first sequence, as its leader knows it (a direct get may be answered by
     /// any replica, including one still catching up; the stream info comes from the leader).
     pub async fn leader_first_seq(&self) -> Result<u64, ReadError> {
-        let reply = tokio::time::timeout(
-            self.timeout,
-            self.client.request(self.info_subject.clone(), Bytes::new()),
-        )
-        .await
-        .map_err(|_| ReadError::Timeout(self.timeout))?
-        .map_err(|e| ReadError::Nats(e.to_string()))?;
-        let info: serde_json::Value =
-            serde_json::from_slice(&reply.payload).map_err(|e| ReadError::Nats(e.to_string()))?;
-        if let Some(err) = info.get("error") {
-            let code = err["code"].as_u64().unwrap_or(0) as u16;
-            return Err(ReadError::Status(code, err["description"].to_string()));
-        }
+        let info = self.api(&self.info_subject, Bytes::new()).await?;
         Ok(info["state"]["first_seq"].as_u64().unwrap_or(0))
+    }
+
+    /// The subjects matching `filter` with their message counts, at most about `max` of
+    /// them (whole pages), as the stream's leader knows them. Served from the stream's
+    /// subject index: the cost grows with the subjects matched, not with the stream
+    /// (unlike a multi-last or next-by-subject read with a wildcard, which walks the
+    /// stream's blocks).
+    pub async fn subjects(
+        &self,
+        filter: &str,
+        max: usize,
+    ) -> Result<HashMap<String, u64>, ReadError> {
+        let mut out = HashMap::new();
+        // Bounded: each page adds up to SUBJECTS_PAGE subjects or ends the loop.
+        for _ in 0..=max / SUBJECTS_PAGE {
+            let body = serde_json::json!({"subjects_filter": filter, "offset": out.len()});
+            let body = serde_json::to_vec(&body).map_err(|e| ReadError::Nats(e.to_string()))?;
+            let info = self.api(&self.info_subject, body.into()).await?;
+            let state = &info["state"];
+            let page = state["subjects"].as_object();
+            let got = page.map_or(0, |p| p.len());
+            if let Some(page) = page {
+                out.extend(
+                    page.iter()
+                        .map(|(s, n)| (s.clone(), n.as_u64().unwrap_or(0))),
+                );
+            }
+            let total = state["num_subjects"].as_u64().unwrap_or(0) as usize;
+            if got == 0 || out.len() >= total || out.len() >= max {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Delete the message with sequence `seq`: true when it was deleted, false when the
+    /// stream does not hold it (in a KV bucket: the key was rewritten or removed since that
+    /// revision). The stream's leader decides in its log order, so for a key this is a
+    /// compare-and-delete on its revision that leaves no marker behind.
+    pub async fn delete_seq(&self, seq: u64) -> Result<bool, ReadError> {
+        let body = serde_json::json!({"seq": seq, "no_erase": true});
+        let body = serde_json::to_vec(&body).map_err(|e| ReadError::Nats(e.to_string()))?;
+        match self.api(&self.delete_subject, body.into()).await {
+            Ok(_) => Ok(true),
+            Err(ReadError::Api(code, _)) if code == SEQ_NOT_FOUND => Ok(false),
+            Err(ReadError::Api(code, desc))
+                if code == DELETE_FAILED
+                    && (desc.contains("no message found") || desc.contains("not found")) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One JetStream API request with a JSON reply; an `error` in it is an error here.
+    async fn api(&self, subject: &str, body: Bytes) -> Result<serde_json::Value, ReadError> {
+        let reply =
+            tokio::time::timeout(self.timeout, self.client.request(subject.to_owned(), body))
+                .await
+                .map_err(|_| ReadError::Timeout(self.timeout))?
+                .map_err(|e| ReadError::Nats(e.to_string()))?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&reply.payload).map_err(|e| ReadError::Nats(e.to_string()))?;
+        if let Some(err) = v.get("error") {
+            return Err(ReadError::Api(
+                err["err_code"].as_u64().unwrap_or(0),
+                err["description"].as_str().unwrap_or_default().to_owned(),
+            ));
+        }
+        Ok(v)
     }
 
     /// Check a read that should have reached sequence `expected` of its subject (a sequence
@@ -142,7 +213,6 @@ impl StreamReader {
             seq: None,
             next_by_subj: None,
             last_by_subj: None,
-            multi_last: None,
             batch: None,
             up_to_seq: None,
             start_time: Some(since),
@@ -174,7 +244,6 @@ impl StreamReader {
                 seq: Some(next),
                 next_by_subj: Some(subject),
                 last_by_subj: None,
-                multi_last: None,
                 batch: Some(BATCH),
                 up_to_seq: up_to,
                 start_time: None,
@@ -255,31 +324,6 @@ impl StreamReader {
             }
             window = window.saturating_mul(8);
         }
-    }
-
-    /// The newest message of every subject matching `filter` (e.g. all keys of a KV prefix),
-    /// at most `max` of them.
-    pub async fn multi_last(
-        &self,
-        filter: &str,
-        max: usize,
-    ) -> Result<Vec<StoredMessage>, ReadError> {
-        let req = DirectGetRequest {
-            seq: None,
-            next_by_subj: None,
-            last_by_subj: None,
-            multi_last: Some([filter]),
-            batch: Some(max.max(1)),
-            up_to_seq: None,
-            start_time: None,
-        };
-        let mut out = Vec::new();
-        self.request(&req, true, |m| {
-            out.push(m);
-            true
-        })
-        .await?;
-        Ok(out)
     }
 
     /// Send one direct-get request and feed each returned message to `visit`. With

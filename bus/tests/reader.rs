@@ -1,4 +1,5 @@
-//! The stream reader against a real nats-server: ranges, tails and multi-last reads.
+//! The stream reader against a real nats-server: ranges, tails, the keys under a
+//! prefix and deletes by sequence.
 
 use std::time::Duration;
 
@@ -77,28 +78,44 @@ async fn ranges_and_tails_follow_one_subject() {
 }
 
 #[tokio::test]
-async fn multi_last_lists_current_keys_of_a_prefix() {
+async fn subjects_list_a_prefix_and_delete_seq_is_compare_and_delete() {
     let (_nats, client, js) = setup().await;
     let kv = natter_bus::ensure_presence(&js, &StreamArgs::default())
         .await
         .unwrap();
-    kv.put("r1.alice", "1".into()).await.unwrap();
-    kv.put("r1.bob", "1".into()).await.unwrap();
+    let alice = kv.put("r1.alice", "1".into()).await.unwrap();
+    let bob = kv.put("r1.bob", "1".into()).await.unwrap();
     kv.put("r1.bob", "2".into()).await.unwrap();
+    kv.put("r1.bob.s1", "1".into()).await.unwrap();
     kv.put("r2.carol", "1".into()).await.unwrap();
-    kv.delete("r1.alice").await.unwrap();
     let reader = StreamReader::new(client, "KV_presence", Duration::from_secs(5));
-    let got = reader
-        .multi_last(&subjects::presence_room_filter("r1"), 100)
+    let filter = subjects::presence_room_filter("r1");
+    let mut got: Vec<_> = reader
+        .subjects(&filter, 100)
         .await
-        .unwrap();
-    let live: Vec<_> = got
-        .iter()
-        .filter(|m| m.headers.get("KV-Operation").is_none())
-        .map(|m| (m.subject.clone(), m.payload.clone()))
+        .unwrap()
+        .into_keys()
         .collect();
-    assert_eq!(
-        live,
-        vec![("$KV.presence.r1.bob".to_string(), bytes::Bytes::from("2"))]
-    );
+    got.sort();
+    assert_eq!(got, vec!["$KV.presence.r1.alice", "$KV.presence.r1.bob"]);
+
+    // The current revision goes; a stale one (bob was rewritten) does not.
+    assert!(reader.delete_seq(alice).await.unwrap());
+    assert!(!reader.delete_seq(bob).await.unwrap());
+    assert!(!reader.delete_seq(alice).await.unwrap(), "already gone");
+    let got: Vec<_> = reader
+        .subjects(&filter, 100)
+        .await
+        .unwrap()
+        .into_keys()
+        .collect();
+    assert_eq!(got, vec!["$KV.presence.r1.bob"]);
+    // No marker is left: the key can be created again, and reads as absent meanwhile.
+    assert!(kv.get("r1.alice").await.unwrap().is_none());
+    kv.create("r1.alice", "3".into()).await.unwrap();
+    assert!(reader
+        .subjects("$KV.presence.none.*", 100)
+        .await
+        .unwrap()
+        .is_empty());
 }

@@ -137,6 +137,21 @@ async fn lease_keys(leases: &kv::Store) -> Vec<String> {
     keys.into_iter().filter(|k| k != "sweep").collect()
 }
 
+/// Remove a presence key the way natter does: delete its message by sequence, no marker.
+async fn remove(nats: &NatsServer, presence: &kv::Store, key: &str) {
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let reader = StreamReader::new(client, "KV_presence", Duration::from_secs(5));
+    let entry = presence
+        .entry(key)
+        .await
+        .expect("entry")
+        .expect("the key exists");
+    assert!(
+        reader.delete_seq(entry.revision).await.expect("delete"),
+        "{key}"
+    );
+}
+
 /// Poll `holder` of the name until it is `want`, for at most [`WAIT`].
 async fn await_holder(presence: &kv::Store, name: &str, want: Option<&str>) {
     let mut got = None;
@@ -283,9 +298,9 @@ async fn a_lapsed_lease_is_taken_again_and_keeps_its_names() {
         .iter()
         .filter(|k| k.starts_with(&format!("{owner_key}.")))
     {
-        presence.purge(key).await.expect("purge session");
+        remove(&s.nats, &presence, key).await;
     }
-    presence.purge(&owner_key).await.expect("purge owner");
+    remove(&s.nats, &presence, &owner_key).await;
     let lease = lease_keys(&leases).await;
     assert_eq!(lease.len(), 1, "{lease:?}");
     leases.purge(&lease[0]).await.expect("purge lease");
@@ -322,7 +337,7 @@ async fn a_name_deleted_under_a_joined_session_is_put_back() {
     // What a leaver's listing answered by a lagging replica could do: delete the owner key
     // while a session still holds the name.
     let owner_key = subjects::presence_owner_key(&room_token(), &user_token("Ann"));
-    presence.purge(&owner_key).await.expect("purge owner");
+    remove(&s.nats, &presence, &owner_key).await;
     // The room's presence check notices and puts it back; nobody else can take the name.
     await_holder(&presence, "Ann", Some("u-ann")).await;
     let mut eve = ChatClient::connect(&s.edges[0].ws_url())

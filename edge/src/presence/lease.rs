@@ -14,11 +14,12 @@
 //! a TTL. The sweep reads every entry of the bucket *first* and lists the live leases
 //! *after*: a session key written under a lease that is still live at the listing cannot
 //! be taken for dead (a lapsed edge takes its lease again before it restores its keys).
-//! Each dead key is purged expecting the revision the scan saw, so one rewritten since
-//! stays. Then every name left without sessions (those of the purged keys, and any owner
+//! Each dead key is deleted at the revision the scan saw, so one rewritten since stays.
+//! Then every name left without sessions (those of the deleted keys, and any owner
 //! key that has had none for a TTL, e.g. a claim that failed half-way) is freed by the
 //! release protocol of [`super`], so a concurrent joiner never loses its owner key. This
-//! edge's own lease is never swept: what it failed to remove, it retries itself.
+//! edge's own lease is never swept: what it failed to remove, it retries itself. Deletion
+//! markers a TTL old (only edges from before leases wrote them) are removed too.
 //!
 //! **When**: at start (leases that died while no edge ran), when a lease live at the
 //! previous period is gone, and every [`CATCH_ALL`] periods. A sweep reads the whole bucket,
@@ -51,7 +52,7 @@ pub const CATCH_ALL: u32 = 10;
 /// What one sweep removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Swept {
-    /// Session keys of dead edges purged.
+    /// Session keys of dead edges removed.
     pub sessions: usize,
     /// Names freed because no session held them any more.
     pub names: usize,
@@ -141,11 +142,15 @@ impl Presence {
         // Owner keys, and whether each was last written more than a TTL ago.
         let mut owners: HashMap<String, bool> = HashMap::new();
         let mut held: HashSet<String> = HashSet::new();
+        let mut markers: Vec<u64> = Vec::new();
         let all = format!("$KV.{}.>", subjects::PRESENCE_BUCKET);
         self.reader
             .scan(&all, 1, None, |m| {
                 if m.headers.get("KV-Operation").is_some() {
-                    return true; // a deletion's marker
+                    if stale(&m) {
+                        markers.push(m.seq);
+                    }
+                    return true;
                 }
                 let Some(key) = subjects::presence_key_of_subject(&m.subject) else {
                     return true;
@@ -190,19 +195,25 @@ impl Presence {
             if !dead {
                 continue;
             }
-            match self
-                .kv
-                .purge_expect_revision_with_ttl(&s.key, s.revision, self.ttl)
+            // Deleted only at the revision scanned: one rewritten since is alive.
+            if self
+                .reader
+                .delete_seq(s.revision)
                 .await
+                .map_err(|e| e.to_string())?
             {
-                Ok(()) => {
-                    debug!(key = %s.key, lease = ?s.lease, "dead session removed");
-                    swept.sessions += 1;
-                    names.insert(s.owner_key);
-                }
-                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {} // rewritten: alive
-                Err(e) => return Err(e.to_string()),
+                debug!(key = %s.key, lease = ?s.lease, "dead session removed");
+                swept.sessions += 1;
+                names.insert(s.owner_key);
             }
+        }
+        // Deletion markers, which edges from before leases left (this version leaves
+        // none): gone once they are a TTL old.
+        for seq in markers {
+            self.reader
+                .delete_seq(seq)
+                .await
+                .map_err(|e| e.to_string())?;
         }
         for owner_key in names {
             let Some((room, user)) = owner_key.split_once('.') else {

@@ -133,6 +133,12 @@ pub struct Config {
     #[arg(long, env = "NATTER_TAIL_CHECK_SECS", default_value_t = 5)]
     pub tail_check_secs: u64,
 
+    /// Seconds between a room's check of its names against presence: announces names that
+    /// left without a `userLeft` (none normally: the sweep of a crashed edge announces its
+    /// names) and puts back a name deleted under a session here.
+    #[arg(long, env = "NATTER_PRESENCE_CHECK_SECS", default_value_t = 30)]
+    pub presence_check_secs: u64,
+
     /// Timeout of one request to NATS (direct get, history, KV), in milliseconds.
     #[arg(long, env = "NATTER_NATS_TIMEOUT_MS", default_value_t = 5000)]
     pub nats_timeout_ms: u64,
@@ -223,6 +229,7 @@ impl natter_ops::ServiceConfig for Config {
             ("--ping-interval-secs", self.ping_interval_secs as f64),
             ("--idle-timeout-secs", self.idle_timeout_secs as f64),
             ("--tail-check-secs", self.tail_check_secs as f64),
+            ("--presence-check-secs", self.presence_check_secs as f64),
             (
                 "--max-connections-per-ip",
                 self.max_connections_per_ip as f64,

@@ -135,6 +135,7 @@ impl Node {
             metrics: metrics.clone(),
             buffer_cap: config.outbound_queue.max(1),
             tail_check: Duration::from_secs(config.tail_check_secs.max(1)),
+            presence_check: Duration::from_secs(config.presence_check_secs.max(1)),
             coalesce: Duration::from_millis(config.coalesce_ms),
             presence: presence.clone(),
         });
@@ -157,6 +158,9 @@ impl Node {
             next_request: AtomicU64::new(1),
             config,
         });
+        let (freed_tx, freed_rx) = tokio::sync::mpsc::unbounded_channel();
+        node.presence.announce_freed_to(freed_tx);
+        tokio::spawn(announce_freed(node.nats.clone(), freed_rx));
         node.presence
             .spawn_lease(lease, (ttl / 3).max(Duration::from_secs(1)));
         info!(node = %node.name, "edge node started");
@@ -171,16 +175,7 @@ impl Node {
         user_token: &str,
         frame: Bytes,
     ) {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(subjects::HDR_EVENT, kind);
-        headers.insert(subjects::HDR_USER, user_token);
-        if let Err(e) = self
-            .nats
-            .publish_with_headers(live_subject.to_owned(), headers, frame)
-            .await
-        {
-            warn!(error = %e, kind, "could not publish room event");
-        }
+        publish_event(&self.nats, live_subject, kind, user_token, frame).await;
     }
 
     pub fn next_member_id(&self) -> u64 {
@@ -235,5 +230,58 @@ impl Probe for Node {
         self.metrics
             .stream_drift
             .set(self.stream_drift.drift().len() as i64);
+    }
+}
+
+/// Publish an ephemeral room event (not stored) to every edge with members.
+async fn publish_event(
+    nats: &async_nats::Client,
+    live_subject: &str,
+    kind: &str,
+    user_token: &str,
+    frame: Bytes,
+) {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(subjects::HDR_EVENT, kind);
+    headers.insert(subjects::HDR_USER, user_token);
+    if let Err(e) = nats
+        .publish_with_headers(live_subject.to_owned(), headers, frame)
+        .await
+    {
+        warn!(error = %e, kind, "could not publish room event");
+    }
+}
+
+/// Tell each room whose name presence freed with no leaving session to announce it (a
+/// crashed edge's, found by this edge's sweep): `userLeft`, as a leaving session would.
+async fn announce_freed(
+    nats: async_nats::Client,
+    mut freed: tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    while let Some(owner_key) = freed.recv().await {
+        let Some((room_token, user_token)) = owner_key.split_once('.') else {
+            continue;
+        };
+        let (Ok(room_name), Ok(user_name)) = (
+            natter_protocol::token::decode(room_token),
+            natter_protocol::token::decode(user_token),
+        ) else {
+            continue;
+        };
+        info!(room = %room_name, user = %user_name, "name freed by a sweep; telling the room");
+        let note = natter_protocol::frame::notification(
+            "userLeft",
+            serde_json::json!({"type": "system", "text": format!("{user_name} has left the room!"),
+                   "roomName": room_name, "userName": user_name,
+                   "uuid": uuid::Uuid::new_v4().to_string()}),
+        );
+        publish_event(
+            &nats,
+            &subjects::live(room_token),
+            "userLeft",
+            user_token,
+            note,
+        )
+        .await;
     }
 }

@@ -217,9 +217,13 @@ async fn idle_sessions_write_nothing_to_presence() {
 }
 
 #[tokio::test]
-async fn a_dead_leases_names_are_freed_by_a_live_edge() {
-    let s = stack(1, &["--presence-ttl-secs", "3"]).await;
-    let (_watcher, _) = joined(&s.edges[0], ROOM, "u-bob", "Bob").await;
+async fn a_dead_leases_names_are_freed_by_a_live_edge_and_announced() {
+    // No periodic presence check in this test's lifetime: the sweep itself must announce.
+    let s = stack(
+        1,
+        &["--presence-ttl-secs", "3", "--presence-check-secs", "3600"],
+    )
+    .await;
     let (_js, presence, leases) = buckets(&s.nats).await;
     // Another edge's lease, and a name held under it from one of its sessions.
     leases
@@ -243,7 +247,13 @@ async fn a_dead_leases_names_are_freed_by_a_live_edge() {
         .put(format!("{owner_key}.s1"), session.into())
         .await
         .expect("session");
-    // While the lease lives, the name stays held through several sweeps' worth of periods.
+    let (mut bob, w) = joined(&s.edges[0], ROOM, "u-bob", "Bob").await;
+    assert_eq!(
+        w["params"]["members"],
+        serde_json::json!(["Ann", "Bob"]),
+        "{w}"
+    );
+    // While the lease lives, the name stays held through several periods.
     tokio::time::sleep(Duration::from_secs(2)).await;
     await_holder(&presence, "Ann", Some("u-ann")).await;
     let mut eve = ChatClient::connect(&s.edges[0].ws_url())
@@ -254,21 +264,28 @@ async fn a_dead_leases_names_are_freed_by_a_live_edge() {
         .await
         .expect_err("taken");
     assert_eq!(err["error"]["code"], -32001, "{err}");
-    // The ghost edge dies (its lease is gone): the live edge sweeps its entries.
+    // The ghost edge dies (its lease is gone): the live edge sweeps its entries and tells
+    // the room.
     leases
         .purge("edge-ghost-0123456789abcdef")
         .await
         .expect("purge");
+    let left = bob
+        .next_matching(WAIT, |v| v["method"] == "userLeft")
+        .await
+        .expect("userLeft for Ann");
+    assert_eq!(left["params"]["userName"], "Ann", "{left}");
+    assert_eq!(left["params"]["roomName"], ROOM, "{left}");
     await_holder(&presence, "Ann", None).await;
     let w = eve
         .join(ROOM, "u-eve", "Ann", None, false)
         .await
         .expect("the name is free again");
-    let members = w["params"]["members"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(members.len(), 2, "{members:?}");
+    assert_eq!(
+        w["params"]["members"],
+        serde_json::json!(["Ann", "Bob"]),
+        "{w}"
+    );
     assert!(
         presence
             .get(format!("{owner_key}.s1"))

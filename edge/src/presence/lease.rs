@@ -17,7 +17,8 @@
 //! Each dead key is deleted at the revision the scan saw, so one rewritten since stays.
 //! Then every name left without sessions (those of the deleted keys, and any owner
 //! key that has had none for a TTL, e.g. a claim that failed half-way) is freed by the
-//! release protocol of [`super`], so a concurrent joiner never loses its owner key. This
+//! release protocol of [`super`], so a concurrent joiner never loses its owner key, and
+//! announced to their rooms (`userLeft`, through [`Presence::announce_freed_to`]). This
 //! edge's own lease is never swept: what it failed to remove, it retries itself. Deletion
 //! markers a TTL old (only edges from before leases wrote them) are removed too.
 //!
@@ -222,6 +223,7 @@ impl Presence {
             let filter = subjects::presence_sessions_filter(room, user);
             if self.free_if_unheld(&owner_key, &filter, None).await == Released::Freed {
                 swept.names += 1;
+                self.freed(&owner_key);
             }
         }
         Ok(swept)

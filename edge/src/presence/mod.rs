@@ -71,13 +71,14 @@
 pub mod lease;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
 use bytes::Bytes;
 use natter_bus::{subjects, Owner, SessionEntry, StreamReader};
 use thiserror::Error;
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::outbox::{CloseReason, Outbox};
@@ -166,6 +167,9 @@ pub struct Presence {
     /// This edge's sessions, by session key (ordered: a room's are one range).
     local: Mutex<BTreeMap<String, Local>>,
     unreleased: Mutex<Vec<Unreleased>>,
+    /// Where names freed without a leaving client's edge to announce them go (a sweep of a
+    /// dead edge's sessions, a release retried later): the owner keys.
+    freed: OnceLock<mpsc::UnboundedSender<String>>,
 }
 
 impl Presence {
@@ -193,6 +197,20 @@ impl Presence {
             ttl: ttl.max(Duration::from_secs(1)),
             local: Mutex::new(BTreeMap::new()),
             unreleased: Mutex::new(Vec::new()),
+            freed: OnceLock::new(),
+        }
+    }
+
+    /// Send the owner keys of names freed by a sweep or a retried release to `tx`, so that
+    /// their rooms can be told (`userLeft`). Set once; later calls are ignored.
+    pub fn announce_freed_to(&self, tx: mpsc::UnboundedSender<String>) {
+        let _ = self.freed.set(tx);
+    }
+
+    /// A name was freed with no leaving session here to announce it.
+    fn freed(&self, owner_key: &str) {
+        if let Some(tx) = self.freed.get() {
+            let _ = tx.send(owner_key.to_owned());
         }
     }
 
@@ -467,12 +485,13 @@ impl Presence {
                 self.unreleased().push(job);
                 continue;
             }
-            if self
+            match self
                 .free_if_unheld(&job.owner_key, &job.sessions_filter, None)
                 .await
-                == Released::Unknown
             {
-                self.unreleased().push(job);
+                Released::Freed => self.freed(&job.owner_key),
+                Released::StillHeld => {}
+                Released::Unknown => self.unreleased().push(job),
             }
         }
     }

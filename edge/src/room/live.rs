@@ -287,11 +287,12 @@ impl Room {
         }
     }
 
-    /// Names whose edge crashed leave presence (a live edge sweeps them) without a
-    /// `userLeft`: a name the members know of that two checks in a row did not find in
-    /// presence is announced as left, to this edge's members (every edge with members does
-    /// the same for its own). A name that left normally is announced by its edge and never
-    /// reaches a second check. Names of this edge's members missing from a complete listing
+    /// Every `--presence-check-secs`: a name the members know of that two checks in a row
+    /// did not find in presence is announced as left, to this edge's members (every edge
+    /// with members does the same for its own). A safety net: a name that left normally is
+    /// announced by its edge, and a crashed edge's names by the edge that sweeps them, so
+    /// such names never reach a second check; this one catches an announcement that was
+    /// lost on the way. Names of this edge's members missing from a complete listing
     /// are put back first ([`crate::presence::Presence::repair_room`]).
     async fn check_presence(&self, deps: &RoomDeps) {
         let held = match deps.presence.members_checked(&self.token).await {
@@ -359,6 +360,9 @@ async fn run(room: Arc<Room>, deps: Arc<RoomDeps>, mut sub: async_nats::Subscrib
     let period = deps.tail_check;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let period = deps.presence_check;
+    let mut names_tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    names_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::new();
     let mut coalesce = Coalescer::new(deps.coalesce);
     let window_end = tokio::time::sleep(Duration::ZERO);
@@ -414,6 +418,8 @@ async fn run(room: Arc<Room>, deps: Arc<RoomDeps>, mut sub: async_nats::Subscrib
             },
             _ = tick.tick() => {
                 Box::pin(room.check_tail(&deps)).await;
+            }
+            _ = names_tick.tick() => {
                 Box::pin(room.check_presence(&deps)).await;
             }
         }

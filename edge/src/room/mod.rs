@@ -35,11 +35,13 @@ pub struct RoomDeps {
     pub buffer_cap: usize,
     /// Period of each room's check against the stream's tail (and against presence).
     pub tail_check: Duration,
+    /// How often each room checks its names against presence.
+    pub presence_check: Duration,
     /// A room writes to its sockets at most once per this window (zero: at once); see
     /// `--coalesce-ms`.
     pub coalesce: Duration,
     /// Who holds which name: a room tells its members about names that vanished without a
-    /// `userLeft` (their edge crashed and a live edge swept the names).
+    /// `userLeft` reaching them.
     pub presence: Arc<Presence>,
 }
 

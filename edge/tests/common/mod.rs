@@ -27,6 +27,10 @@ pub fn edge_args(nats: &NatsServer, i: usize, extra: &[&str]) -> Vec<String> {
         "--drain-timeout-secs".into(),
         "4".into(),
     ];
+    // Rooms check presence every second, unless the test says otherwise.
+    if !extra.contains(&"--presence-check-secs") {
+        args.extend(["--presence-check-secs".to_string(), "1".to_string()]);
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }

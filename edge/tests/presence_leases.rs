@@ -152,6 +152,19 @@ async fn remove(nats: &NatsServer, presence: &kv::Store, key: &str) {
     );
 }
 
+/// A client of another userId that tried the name Ann and got `-32001`.
+async fn refused_ann(s: &Stack) -> ChatClient {
+    let mut eve = ChatClient::connect(&s.edges[0].ws_url())
+        .await
+        .expect("connect");
+    let err = eve
+        .join(ROOM, "u-eve", "Ann", None, false)
+        .await
+        .expect_err("taken");
+    assert_eq!(err["error"]["code"], -32001, "{err}");
+    eve
+}
+
 /// Poll `holder` of the name until it is `want`, for at most [`WAIT`].
 async fn await_holder(presence: &kv::Store, name: &str, want: Option<&str>) {
     let mut got = None;
@@ -256,14 +269,7 @@ async fn a_dead_leases_names_are_freed_by_a_live_edge_and_announced() {
     // While the lease lives, the name stays held through several periods.
     tokio::time::sleep(Duration::from_secs(2)).await;
     await_holder(&presence, "Ann", Some("u-ann")).await;
-    let mut eve = ChatClient::connect(&s.edges[0].ws_url())
-        .await
-        .expect("connect");
-    let err = eve
-        .join(ROOM, "u-eve", "Ann", None, false)
-        .await
-        .expect_err("taken");
-    assert_eq!(err["error"]["code"], -32001, "{err}");
+    let mut eve = refused_ann(&s).await;
     // The ghost edge dies (its lease is gone): the live edge sweeps its entries and tells
     // the room.
     leases
@@ -336,14 +342,7 @@ async fn a_lapsed_lease_is_taken_again_and_keeps_its_names() {
         ann.call("ping", serde_json::json!({})).await["result"],
         "pong"
     );
-    let mut eve = ChatClient::connect(&s.edges[0].ws_url())
-        .await
-        .expect("connect");
-    let err = eve
-        .join(ROOM, "u-eve", "Ann", None, false)
-        .await
-        .expect_err("taken");
-    assert_eq!(err["error"]["code"], -32001, "{err}");
+    refused_ann(&s).await;
 }
 
 #[tokio::test]
@@ -357,14 +356,7 @@ async fn a_name_deleted_under_a_joined_session_is_put_back() {
     remove(&s.nats, &presence, &owner_key).await;
     // The room's presence check notices and puts it back; nobody else can take the name.
     await_holder(&presence, "Ann", Some("u-ann")).await;
-    let mut eve = ChatClient::connect(&s.edges[0].ws_url())
-        .await
-        .expect("connect");
-    let err = eve
-        .join(ROOM, "u-eve", "Ann", None, false)
-        .await
-        .expect_err("taken");
-    assert_eq!(err["error"]["code"], -32001, "{err}");
+    refused_ann(&s).await;
     assert_eq!(
         ann.call("ping", serde_json::json!({})).await["result"],
         "pong"

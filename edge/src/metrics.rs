@@ -30,6 +30,10 @@ pub struct Metrics {
     pub archive_requests: Counter,
     pub archive_errors: Counter,
     pub shared_names: Counter,
+    pub presence_sweeps: Counter,
+    pub presence_swept_sessions: Counter,
+    pub presence_names_freed: Counter,
+    pub presence_lease_lapses: Counter,
     pub drain_reconnects_sent: Counter,
     pub publish_latency: Histogram,
     pub fanout_latency: Histogram,
@@ -121,6 +125,22 @@ impl Metrics {
             shared_names: r.counter(
                 "natter_edge_shared_names_total",
                 "Joins under a name the same userId already held from another session.",
+            ),
+            presence_sweeps: r.counter(
+                "natter_edge_presence_sweeps_total",
+                "Sweeps of dead edges' presence entries this edge ran.",
+            ),
+            presence_swept_sessions: r.counter(
+                "natter_edge_presence_swept_sessions_total",
+                "Session keys of dead edges this edge's sweeps removed.",
+            ),
+            presence_names_freed: r.counter(
+                "natter_edge_presence_names_freed_total",
+                "Names freed with no leaving session to announce them (by a sweep or a retried release); each is announced as userLeft.",
+            ),
+            presence_lease_lapses: r.counter(
+                "natter_edge_presence_lease_lapses_total",
+                "Times this edge found its presence lease gone and restored its entries.",
             ),
             drain_reconnects_sent: r.counter(
                 "natter_edge_drain_reconnects_total",

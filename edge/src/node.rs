@@ -158,6 +158,12 @@ impl Node {
             next_request: AtomicU64::new(1),
             config,
         });
+        node.presence.count_with(crate::presence::Counters {
+            sweeps: node.metrics.presence_sweeps.clone(),
+            swept_sessions: node.metrics.presence_swept_sessions.clone(),
+            names_freed: node.metrics.presence_names_freed.clone(),
+            lease_lapses: node.metrics.presence_lease_lapses.clone(),
+        });
         let (freed_tx, freed_rx) = tokio::sync::mpsc::unbounded_channel();
         node.presence.announce_freed_to(freed_tx);
         tokio::spawn(announce_freed(node.nats.clone(), freed_rx));

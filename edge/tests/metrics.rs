@@ -25,7 +25,7 @@ async fn every_documented_metric_is_served_and_counters_move() {
     let edge = &s.edges[0];
 
     let before = scrape(edge).await;
-    let diff = exposition::contract_differences(&before, DOC, PREFIX, 27);
+    let diff = exposition::contract_differences(&before, DOC, PREFIX, 31);
     assert!(diff.is_empty(), "{diff:#?}");
     assert_eq!(before.value("natter_edge_connections", &[]), Some(0.0));
     assert_eq!(before.value("natter_edge_draining", &[]), Some(0.0));

@@ -16,7 +16,7 @@ use natter_bus::{subjects, StreamArgs, StreamReader};
 use natter_edge::outbox::{Outbox, Signal};
 use natter_edge::presence::{Presence, Released};
 use natter_edge::transport::socket::Socket;
-use natter_testkit::{ChatClient, NatsServer};
+use natter_testkit::{ChatClient, NatsServer, Service};
 use tokio::sync::watch;
 
 /// A session's outbox over a loopback socket (the restore never writes to it here).
@@ -165,6 +165,25 @@ async fn refused_ann(s: &Stack) -> ChatClient {
     eve
 }
 
+/// Poll the edge's counter `name` until it reads `want`, for at most [`WAIT`].
+async fn await_counter(edge: &Service, name: &str, want: f64) {
+    let mut got = f64::NAN;
+    for _ in 0..200 {
+        let r = natter_testkit::http::get(edge.ops_addr, "/metrics", &[])
+            .await
+            .expect("GET /metrics");
+        got = natter_ops::exposition::scraped(r.status, r.header("content-type"), &r.text())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .value(name, &[])
+            .unwrap_or(f64::NAN);
+        if got == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{name} is {got}, not {want}");
+}
+
 /// Poll `holder` of the name until it is `want`, for at most [`WAIT`].
 async fn await_holder(presence: &kv::Store, name: &str, want: Option<&str>) {
     let mut got = None;
@@ -283,6 +302,14 @@ async fn a_dead_leases_names_are_freed_by_a_live_edge_and_announced() {
     assert_eq!(left["params"]["userName"], "Ann", "{left}");
     assert_eq!(left["params"]["roomName"], ROOM, "{left}");
     await_holder(&presence, "Ann", None).await;
+    await_counter(
+        &s.edges[0],
+        "natter_edge_presence_swept_sessions_total",
+        1.0,
+    )
+    .await;
+    await_counter(&s.edges[0], "natter_edge_presence_names_freed_total", 1.0).await;
+    await_counter(&s.edges[0], "natter_edge_presence_lease_lapses_total", 0.0).await;
     let w = eve
         .join(ROOM, "u-eve", "Ann", None, false)
         .await
@@ -338,6 +365,7 @@ async fn a_lapsed_lease_is_taken_again_and_keeps_its_names() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(back, lease, "the same lease, taken again");
+    await_counter(&s.edges[0], "natter_edge_presence_lease_lapses_total", 1.0).await;
     assert_eq!(
         ann.call("ping", serde_json::json!({})).await["result"],
         "pong"

@@ -303,6 +303,7 @@ impl Keeper {
             }
         }
         warn!("this edge's presence lease lapsed; taking it again and restoring its entries");
+        p.count(|c| &c.lease_lapses, 1);
         match p.take_lease().await {
             Ok(rev) => self.revision = Some(rev),
             Err(e) => {
@@ -323,6 +324,8 @@ impl Keeper {
         {
             Ok(_) => match p.sweep().await {
                 Ok(swept) => {
+                    p.count(|c| &c.sweeps, 1);
+                    p.count(|c| &c.swept_sessions, swept.sessions as u64);
                     if swept != Swept::default() {
                         info!(
                             sessions = swept.sessions,
@@ -339,10 +342,13 @@ impl Keeper {
                 if let Ok(Some(lock)) = p.leases.entry(SWEEP_KEY).await {
                     if lock.value == p.lease.as_bytes() {
                         // This edge's own sweep failed earlier: try again under it.
-                        if let Err(e) = p.sweep().await {
-                            warn!(error = %e, "presence sweep failed; will retry");
-                        } else {
-                            self.due = false;
+                        match p.sweep().await {
+                            Ok(swept) => {
+                                p.count(|c| &c.sweeps, 1);
+                                p.count(|c| &c.swept_sessions, swept.sessions as u64);
+                                self.due = false;
+                            }
+                            Err(e) => warn!(error = %e, "presence sweep failed; will retry"),
                         }
                         return;
                     }

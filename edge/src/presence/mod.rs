@@ -58,10 +58,11 @@
 //! name), the sessions under it are closed with 1013 "resync": the client rejoins and gets
 //! a clear `-32001`.
 //!
-//! **Repair**: on a replicated bucket a direct get may be answered by a lagging replica, so
-//! a leaver's (or a sweep's) listing may miss a session and delete the owner key under it.
-//! Each room's periodic presence check lists the room's names anyway; a name that sessions
-//! here hold but the listing lacks is re-created the same way ([`Presence::repair_room`]).
+//! **Repair**: listings come from the stream's leader and deletions compare the revision,
+//! so no stale read can delete an owner key under a live session. As a safety net for
+//! whatever else might (an edge of an older version, a hand on the bucket), each room's
+//! periodic presence check re-creates a name that sessions here hold but the listing lacks
+//! ([`Presence::repair_room`], in `restore.rs`).
 //!
 //! **Crashes**: a dead edge's session keys, and the owner keys left without sessions, are
 //! removed by a sweep of a live edge about a TTL after the crash. No `userLeft` is sent at
@@ -69,19 +70,21 @@
 //! `userLeft` then. A name whose other sessions live on stays held throughout.
 
 pub mod lease;
+mod restore;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
 use bytes::Bytes;
 use natter_bus::{subjects, Owner, SessionEntry, StreamReader};
+use natter_ops::Counter;
 use thiserror::Error;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-use crate::outbox::{CloseReason, Outbox};
+use crate::outbox::Outbox;
 
 /// Most names listed in a `welcome`.
 const MEMBERS_MAX: usize = 1000;
@@ -170,6 +173,16 @@ pub struct Presence {
     /// Where names freed without a leaving client's edge to announce them go (a sweep of a
     /// dead edge's sessions, a release retried later): the owner keys.
     freed: OnceLock<mpsc::UnboundedSender<String>>,
+    counters: OnceLock<Counters>,
+}
+
+/// The edge's metrics this module moves (`METRICS.md`: `natter_edge_presence_*`).
+#[derive(Debug, Clone)]
+pub struct Counters {
+    pub sweeps: Counter,
+    pub swept_sessions: Counter,
+    pub names_freed: Counter,
+    pub lease_lapses: Counter,
 }
 
 impl Presence {
@@ -198,6 +211,7 @@ impl Presence {
             local: Mutex::new(BTreeMap::new()),
             unreleased: Mutex::new(Vec::new()),
             freed: OnceLock::new(),
+            counters: OnceLock::new(),
         }
     }
 
@@ -207,8 +221,21 @@ impl Presence {
         let _ = self.freed.set(tx);
     }
 
+    /// Count into these metrics. Set once; later calls are ignored.
+    pub fn count_with(&self, counters: Counters) {
+        let _ = self.counters.set(counters);
+    }
+
+    /// Count one event, when counters are set.
+    fn count(&self, pick: impl FnOnce(&Counters) -> &Counter, n: u64) {
+        if let Some(c) = self.counters.get() {
+            pick(c).inc_by(n);
+        }
+    }
+
     /// A name was freed with no leaving session here to announce it.
     fn freed(&self, owner_key: &str) {
+        self.count(|c| &c.names_freed, 1);
         if let Some(tx) = self.freed.get() {
             let _ = tx.send(owner_key.to_owned());
         }
@@ -543,159 +570,5 @@ impl Presence {
         }
         held.names.sort_unstable();
         Ok(held)
-    }
-
-    /// Re-create the owner keys of names that sessions here hold in a room but a complete
-    /// listing (`held`) did not show: deleted on a stale read (a lagging replica answered a
-    /// leaver's or a sweep's listing), the one way a joined session can lose its name. A
-    /// name another userId holds by now closes its sessions here with `resync`.
-    pub async fn repair_room(&self, room_token: &str, held: &RoomNames) {
-        if !held.complete {
-            return;
-        }
-        let prefix = format!("{room_token}.");
-        let missing: HashMap<String, (Bytes, String)> = self
-            .local()
-            .range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .filter(|(_, l)| !held.keys.contains(&l.owner_key))
-            .map(|(_, l)| {
-                (
-                    l.owner_key.clone(),
-                    (l.owner_value.clone(), l.user_id.clone()),
-                )
-            })
-            .collect();
-        for (key, (value, uid)) in missing {
-            if !self.restore_owner(&key, value, &uid).await {
-                self.close_sessions_under(&key).await;
-            }
-        }
-    }
-
-    /// Put back this edge's session keys and the owner keys it has sessions under, once,
-    /// after its lease lapsed (other edges may have swept them meanwhile), spread over about
-    /// `spread`: a round is thousands of writes to the bucket, and sent at once they stall
-    /// room messages behind them on the same NATS connection and cores.
-    pub async fn restore(&self, spread: Duration) {
-        type Snapshot = (String, u64, Bytes);
-        let (sessions, owners): (Vec<Snapshot>, HashMap<String, (Bytes, String)>) = {
-            let local = self.local();
-            let sessions = local
-                .iter()
-                .map(|(k, l)| (k.clone(), l.revision, l.session_value.clone()))
-                .collect();
-            let owners = local
-                .values()
-                .map(|l| {
-                    (
-                        l.owner_key.clone(),
-                        (l.owner_value.clone(), l.user_id.clone()),
-                    )
-                })
-                .collect();
-            (sessions, owners)
-        };
-        let owners: Vec<_> = owners.into_iter().collect();
-        let rounds = sessions.len().div_ceil(RESTORE_CHUNK) + owners.len().div_ceil(RESTORE_CHUNK);
-        let pause = spread / u32::try_from(rounds.max(1)).unwrap_or(u32::MAX);
-        let mut first = true;
-        for chunk in sessions.chunks(RESTORE_CHUNK) {
-            if !std::mem::take(&mut first) {
-                tokio::time::sleep(pause).await;
-            }
-            let futs = chunk.iter().map(|(key, rev, value)| async move {
-                (key, self.restore_session(key, *rev, value.clone()).await)
-            });
-            for (key, rev) in futures_util::future::join_all(futs).await {
-                if let (Some(rev), Some(l)) = (rev, self.local().get_mut(key.as_str())) {
-                    l.revision = rev;
-                }
-            }
-        }
-        for chunk in owners.chunks(RESTORE_CHUNK) {
-            if !std::mem::take(&mut first) {
-                tokio::time::sleep(pause).await;
-            }
-            let futs = chunk.iter().map(|(key, (value, uid))| async move {
-                (key, self.restore_owner(key, value.clone(), uid).await)
-            });
-            for (key, still_ours) in futures_util::future::join_all(futs).await {
-                if !still_ours {
-                    self.close_sessions_under(key).await;
-                }
-            }
-        }
-    }
-
-    /// Make sure a session key exists; its new revision, or `None` when unknown.
-    async fn restore_session(&self, key: &str, revision: u64, value: Bytes) -> Option<u64> {
-        match self.kv.update(key, value.clone(), revision).await {
-            Ok(rev) => return Some(rev),
-            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {}
-            Err(e) => {
-                warn!(key, error = %e, "presence restore failed; will retry");
-                return None;
-            }
-        }
-        // Swept while the lease had lapsed, or released meanwhile: put it back only while
-        // the session is still here.
-        if !self.local().contains_key(key) {
-            return None;
-        }
-        match self.kv.put(key, value).await {
-            Ok(rev) => Some(rev),
-            Err(e) => {
-                warn!(key, error = %e, "presence restore failed; will retry");
-                None
-            }
-        }
-    }
-
-    /// Make sure an owner key exists while a session here holds the name: false when it
-    /// now belongs to another userId.
-    async fn restore_owner(&self, key: &str, value: Bytes, user_id: &str) -> bool {
-        let restored = match self.owner(key).await {
-            Ok(Some((uid, _))) => return uid == user_id,
-            // Gone: re-created only while a session here still holds the name. The round
-            // works from a snapshot taken up to half a period ago; a name whose last
-            // session left since (its leaver deleted the key) must stay free.
-            Ok(None) if !self.local().values().any(|l| l.owner_key == key) => return true,
-            Ok(None) => match self.kv.create(key, value).await {
-                Ok(_) => {
-                    info!(key, "a name held here was gone from presence; re-created");
-                    Ok(())
-                }
-                // Someone created it first: the room's next presence check sees whose it is.
-                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(()),
-                Err(e) => Err(Some(e.to_string())),
-            },
-            Err(e) => Err(Some(e.to_string())),
-        };
-        if let Err(Some(e)) = restored {
-            warn!(key, error = %e, "presence restore of a name failed");
-        }
-        true
-    }
-
-    /// The name under `owner_key` is another userId's now: close this edge's sessions under
-    /// it with `resync`, so that their clients rejoin and learn it (`-32001`).
-    async fn close_sessions_under(&self, owner_key: &str) {
-        let lost: Vec<(String, Local)> = {
-            let mut local = self.local();
-            let keys: Vec<String> = local
-                .iter()
-                .filter(|(_, l)| l.owner_key == owner_key)
-                .map(|(k, _)| k.clone())
-                .collect();
-            keys.into_iter()
-                .filter_map(|k| local.remove(&k).map(|l| (k, l)))
-                .collect()
-        };
-        for (key, local) in lost {
-            info!(key = %key, "name now held by another userId; closing the session to resync");
-            local.outbox.close(CloseReason::Resync);
-            self.purge_session(key, local).await;
-        }
     }
 }

@@ -88,6 +88,10 @@ use crate::outbox::Outbox;
 
 /// Most names listed in a `welcome`.
 const MEMBERS_MAX: usize = 1000;
+/// Most names of a room one presence listing asks for (one reply of the stream's leader,
+/// ~50 bytes per name: 20,000 fill NATS's default 1 MiB `max_payload`, which bounds a
+/// listable room; the k8s config allows 2 MiB).
+const LISTING_MAX: usize = 20_000;
 /// Most sessions of one user in one room looked at when deciding whether one remains.
 const SESSIONS_MAX: usize = 1000;
 /// Rounds of a claim or release against concurrent writers before giving up.
@@ -533,7 +537,10 @@ impl Presence {
     /// Names currently held in a room (owner keys only).
     pub async fn members(&self, room_token: &str) -> Vec<String> {
         match self.members_checked(room_token).await {
-            Ok(held) => held.names,
+            Ok(mut held) => {
+                held.names.truncate(MEMBERS_MAX);
+                held.names
+            }
             Err(e) => {
                 warn!(error = %e, "listing room members failed");
                 Vec::new()
@@ -541,17 +548,17 @@ impl Presence {
         }
     }
 
-    /// Names currently held in a room, their owner keys, and whether the list is complete
-    /// (a room with more than [`MEMBERS_MAX`] names is listed in part).
+    /// Names currently held in a room (sorted), their owner keys, and whether the list is
+    /// complete (a room with more than [`LISTING_MAX`] names is listed in part).
     pub async fn members_checked(&self, room_token: &str) -> Result<RoomNames, String> {
         let filter = subjects::presence_room_filter(room_token);
         let listed = self
             .reader
-            .subjects(&filter, MEMBERS_MAX)
+            .subjects(&filter, LISTING_MAX)
             .await
             .map_err(|e| e.to_string())?;
         let mut held = RoomNames {
-            complete: listed.len() < MEMBERS_MAX,
+            complete: listed.len() < LISTING_MAX,
             ..RoomNames::default()
         };
         for subject in listed.into_keys() {

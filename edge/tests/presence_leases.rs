@@ -125,16 +125,22 @@ async fn buckets(nats: &NatsServer) -> (jetstream::Context, kv::Store, kv::Store
     (js, presence, leases)
 }
 
-/// The leases bucket's keys but the sweep key.
-async fn lease_keys(leases: &kv::Store) -> Vec<String> {
-    let keys: Vec<String> = leases
+/// Every key of a bucket.
+async fn keys(bucket: &kv::Store) -> Vec<String> {
+    bucket
         .keys()
         .await
         .expect("keys")
         .try_collect()
         .await
-        .expect("keys");
-    keys.into_iter().filter(|k| k != "sweep").collect()
+        .expect("keys")
+}
+
+/// The leases bucket's keys but the sweep key.
+async fn lease_keys(leases: &kv::Store) -> Vec<String> {
+    let mut keys = keys(leases).await;
+    keys.retain(|k| k != "sweep");
+    keys
 }
 
 /// Remove a presence key the way natter does: delete its message by sequence, no marker.
@@ -337,14 +343,8 @@ async fn a_lapsed_lease_is_taken_again_and_keeps_its_names() {
     let owner_key = subjects::presence_owner_key(&room_token(), &user_token("Ann"));
     // What a lapse allows: another edge swept Ann's entries, then the lease expired (in
     // this order here, so that the edge cannot restore between the two).
-    let sessions: Vec<String> = presence
-        .keys()
+    for key in keys(&presence)
         .await
-        .expect("keys")
-        .try_collect()
-        .await
-        .expect("keys");
-    for key in sessions
         .iter()
         .filter(|k| k.starts_with(&format!("{owner_key}.")))
     {

@@ -34,6 +34,9 @@ pub struct Metrics {
     pub presence_swept_sessions: Counter,
     pub presence_names_freed: Counter,
     pub presence_lease_lapses: Counter,
+    pub presence_names_restored: Counter,
+    pub presence_release_retries: Counter,
+    pub presence_releases_pending: Gauge,
     pub drain_reconnects_sent: Counter,
     pub publish_latency: Histogram,
     pub fanout_latency: Histogram,
@@ -141,6 +144,18 @@ impl Metrics {
             presence_lease_lapses: r.counter(
                 "natter_edge_presence_lease_lapses_total",
                 "Times this edge found its presence lease gone and restored its entries.",
+            ),
+            presence_names_restored: r.counter(
+                "natter_edge_presence_names_restored_total",
+                "Names of sessions here that were gone from presence and were re-created (after a lease lapse, or by a room's check); each is announced as newUser.",
+            ),
+            presence_release_retries: r.counter(
+                "natter_edge_presence_release_retries_total",
+                "Retries of releases that could not reach the presence bucket.",
+            ),
+            presence_releases_pending: r.gauge(
+                "natter_edge_presence_releases_pending",
+                "Releases waiting to be retried (NATS was unreachable when their session left).",
             ),
             drain_reconnects_sent: r.counter(
                 "natter_edge_drain_reconnects_total",

@@ -20,7 +20,7 @@ use natter_ops::{Probe, Readiness, Registry};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
-use crate::presence::Presence;
+use crate::presence::{NameChange, Presence};
 use crate::room::{RoomDeps, Rooms};
 
 /// How often the CHAT stream is compared with this edge's settings.
@@ -163,10 +163,13 @@ impl Node {
             swept_sessions: node.metrics.presence_swept_sessions.clone(),
             names_freed: node.metrics.presence_names_freed.clone(),
             lease_lapses: node.metrics.presence_lease_lapses.clone(),
+            names_restored: node.metrics.presence_names_restored.clone(),
+            release_retries: node.metrics.presence_release_retries.clone(),
+            releases_pending: node.metrics.presence_releases_pending.clone(),
         });
-        let (freed_tx, freed_rx) = tokio::sync::mpsc::unbounded_channel();
-        node.presence.announce_freed_to(freed_tx);
-        tokio::spawn(announce_freed(node.nats.clone(), freed_rx));
+        let (changes_tx, changes_rx) = tokio::sync::mpsc::unbounded_channel();
+        node.presence.announce_to(changes_tx);
+        tokio::spawn(announce_name_changes(node.nats.clone(), changes_rx));
         node.presence
             .spawn_lease(lease, (ttl / 3).max(Duration::from_secs(1)));
         info!(node = %node.name, "edge node started");
@@ -258,13 +261,19 @@ async fn publish_event(
     }
 }
 
-/// Tell each room whose name presence freed with no leaving session to announce it (a
-/// crashed edge's, found by this edge's sweep): `userLeft`, as a leaving session would.
-async fn announce_freed(
+/// Tell each room about names that changed hands with no joining or leaving session to
+/// announce it: `userLeft` for a name freed by a sweep (a crashed edge's) or a retried
+/// release, `newUser` for one re-created here after it was gone, as a leaving or joining
+/// session would.
+async fn announce_name_changes(
     nats: async_nats::Client,
-    mut freed: tokio::sync::mpsc::UnboundedReceiver<String>,
+    mut changes: tokio::sync::mpsc::UnboundedReceiver<NameChange>,
 ) {
-    while let Some(owner_key) = freed.recv().await {
+    while let Some(change) = changes.recv().await {
+        let (kind, owner_key, verb) = match &change {
+            NameChange::Freed(key) => ("userLeft", key, "left"),
+            NameChange::HeldAgain(key) => ("newUser", key, "joined"),
+        };
         let Some((room_token, user_token)) = owner_key.split_once('.') else {
             continue;
         };
@@ -274,20 +283,13 @@ async fn announce_freed(
         ) else {
             continue;
         };
-        info!(room = %room_name, user = %user_name, "name freed by a sweep; telling the room");
+        info!(room = %room_name, user = %user_name, kind, "presence changed with no client to say so; telling the room");
         let note = natter_protocol::frame::notification(
-            "userLeft",
-            serde_json::json!({"type": "system", "text": format!("{user_name} has left the room!"),
+            kind,
+            serde_json::json!({"type": "system", "text": format!("{user_name} has {verb} the room!"),
                    "roomName": room_name, "userName": user_name,
                    "uuid": uuid::Uuid::new_v4().to_string()}),
         );
-        publish_event(
-            &nats,
-            &subjects::live(room_token),
-            "userLeft",
-            user_token,
-            note,
-        )
-        .await;
+        publish_event(&nats, &subjects::live(room_token), kind, user_token, note).await;
     }
 }

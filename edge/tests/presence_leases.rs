@@ -1,7 +1,9 @@
 //! Presence under edge leases, against a real nats-server and real edges: idle sessions
-//! write nothing, a dead lease's names are freed by a live edge, a lapsed lease is taken
-//! again without losing a name, and a restore round (spread over time, working from a
-//! snapshot) never brings back a name whose last session left during it.
+//! write nothing, a dead lease's names are freed by a live edge (`userLeft`), a lapsed
+//! lease is taken again without losing a name (`newUser` for those put back), a release
+//! made while NATS was down is retried and announced, and a restore round (spread over
+//! time, working from a snapshot) never brings back a name whose last session left
+//! during it.
 
 mod common;
 
@@ -339,6 +341,7 @@ async fn a_dead_leases_names_are_freed_by_a_live_edge_and_announced() {
 async fn a_lapsed_lease_is_taken_again_and_keeps_its_names() {
     let s = stack(1, &["--presence-ttl-secs", "3"]).await;
     let (mut ann, _) = joined(&s.edges[0], ROOM, "u-ann", "Ann").await;
+    let (mut bob, _) = joined(&s.edges[0], ROOM, "u-bob", "Bob").await;
     let (_js, presence, leases) = buckets(&s.nats).await;
     let owner_key = subjects::presence_owner_key(&room_token(), &user_token("Ann"));
     // What a lapse allows: another edge swept Ann's entries, then the lease expired (in
@@ -366,6 +369,15 @@ async fn a_lapsed_lease_is_taken_again_and_keeps_its_names() {
     }
     assert_eq!(back, lease, "the same lease, taken again");
     await_counter(&s.edges[0], "natter_edge_presence_lease_lapses_total", 1.0).await;
+    // The sweeper told the room Ann left; the restore tells it she is back (Bob's name
+    // was never gone, so it is not announced).
+    await_joined_again(&mut bob, "Ann").await;
+    await_counter(
+        &s.edges[0],
+        "natter_edge_presence_names_restored_total",
+        1.0,
+    )
+    .await;
     assert_eq!(
         ann.call("ping", serde_json::json!({})).await["result"],
         "pong"
@@ -373,10 +385,21 @@ async fn a_lapsed_lease_is_taken_again_and_keeps_its_names() {
     refused_ann(&s).await;
 }
 
+/// `newUser` for `name` reaches `client`, and no other `newUser` comes before it.
+async fn await_joined_again(client: &mut ChatClient, name: &str) {
+    let note = client
+        .next_matching(WAIT, |v| v["method"] == "newUser")
+        .await
+        .unwrap_or_else(|| panic!("newUser for {name}"));
+    assert_eq!(note["params"]["userName"], name, "{note}");
+    assert_eq!(note["params"]["roomName"], ROOM, "{note}");
+}
+
 #[tokio::test]
 async fn a_name_deleted_under_a_joined_session_is_put_back() {
     let s = stack(1, &["--presence-ttl-secs", "3"]).await;
     let (mut ann, _) = joined(&s.edges[0], ROOM, "u-ann", "Ann").await;
+    let (mut bob, _) = joined(&s.edges[0], ROOM, "u-bob", "Bob").await;
     let (_js, presence, _leases) = buckets(&s.nats).await;
     // What a leaver's listing answered by a lagging replica could do: delete the owner key
     // while a session still holds the name.
@@ -384,9 +407,78 @@ async fn a_name_deleted_under_a_joined_session_is_put_back() {
     remove(&s.nats, &presence, &owner_key).await;
     // The room's presence check notices and puts it back; nobody else can take the name.
     await_holder(&presence, "Ann", Some("u-ann")).await;
+    await_joined_again(&mut bob, "Ann").await;
+    await_counter(
+        &s.edges[0],
+        "natter_edge_presence_names_restored_total",
+        1.0,
+    )
+    .await;
     refused_ann(&s).await;
     assert_eq!(
         ann.call("ping", serde_json::json!({})).await["result"],
+        "pong"
+    );
+}
+
+/// The edge's metric `name` as it reads now.
+async fn counter(edge: &Service, name: &str) -> f64 {
+    let r = natter_testkit::http::get(edge.ops_addr, "/metrics", &[])
+        .await
+        .expect("GET /metrics");
+    natter_ops::exposition::scraped(r.status, r.header("content-type"), &r.text())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .value(name, &[])
+        .unwrap_or(f64::NAN)
+}
+
+#[tokio::test]
+async fn a_release_while_nats_is_down_is_retried_and_announced() {
+    // No periodic presence check in this test's lifetime: the retry itself must announce.
+    let mut s = stack(
+        1,
+        &[
+            "--presence-ttl-secs",
+            "3",
+            "--presence-check-secs",
+            "3600",
+            "--nats-timeout-ms",
+            "1000",
+        ],
+    )
+    .await;
+    let (mut ann, _) = joined(&s.edges[0], ROOM, "u-ann", "Ann").await;
+    let (mut bob, _) = joined(&s.edges[0], ROOM, "u-bob", "Bob").await;
+    ann.next_matching(WAIT, |v| v["method"] == "newUser")
+        .await
+        .expect("newUser for Bob");
+    s.nats.kill();
+    // Ann leaves while the store is unreachable: the release waits for a retry.
+    let r = ann
+        .call("leaveRoom", serde_json::json!({"roomName": ROOM}))
+        .await;
+    assert_eq!(r["result"], "OK", "{r}");
+    await_counter(&s.edges[0], "natter_edge_presence_releases_pending", 1.0).await;
+    s.nats.restart().await;
+    let left = bob
+        .next_matching(WAIT, |v| v["method"] == "userLeft")
+        .await
+        .expect("userLeft for Ann, once the release went through");
+    assert_eq!(left["params"]["userName"], "Ann", "{left}");
+    await_counter(&s.edges[0], "natter_edge_presence_releases_pending", 0.0).await;
+    let retries = counter(&s.edges[0], "natter_edge_presence_release_retries_total").await;
+    assert!(retries >= 1.0, "{retries} retries");
+    let (_presence_js, presence, _leases) = buckets(&s.nats).await;
+    await_holder(&presence, "Ann", None).await;
+    // The name is free for anyone, and Bob's session went on throughout.
+    let mut eve = ChatClient::connect(&s.edges[0].ws_url())
+        .await
+        .expect("connect");
+    eve.join(ROOM, "u-eve", "Ann", None, false)
+        .await
+        .expect("the name is free again");
+    assert_eq!(
+        bob.call("ping", serde_json::json!({})).await["result"],
         "pong"
     );
 }

@@ -18,7 +18,7 @@
 //! Then every name left without sessions (those of the deleted keys, and any owner
 //! key that has had none for a TTL, e.g. a claim that failed half-way) is freed by the
 //! release protocol of [`super`], so a concurrent joiner never loses its owner key, and
-//! announced to their rooms (`userLeft`, through [`Presence::announce_freed_to`]). This
+//! announced to their rooms (`userLeft`, through [`Presence::announce_to`]). This
 //! edge's own lease is never swept: what it failed to remove, it retries itself. Deletion
 //! markers a TTL old (only edges from before leases wrote them) are removed too.
 //!

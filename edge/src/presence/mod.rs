@@ -53,7 +53,8 @@
 //!
 //! **Restore** (after a lapse): each session key still served here is compare-and-set, or
 //! put back if it was removed meanwhile; each owner key it has sessions under is read and
-//! re-created if it is gone (only while a session here still holds the name). If an owner
+//! re-created if it is gone (only while a session here still holds the name; the room hears
+//! `newUser`, as whoever freed it announced `userLeft`). If an owner
 //! key now belongs to another userId (ours was freed during the outage and someone took the
 //! name), the sessions under it are closed with 1013 "resync": the client rejoins and gets
 //! a clear `-32001`.
@@ -79,7 +80,7 @@ use std::time::Duration;
 use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
 use bytes::Bytes;
 use natter_bus::{subjects, Owner, SessionEntry, StreamReader};
-use natter_ops::Counter;
+use natter_ops::{Counter, Gauge};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -152,6 +153,16 @@ pub struct RoomNames {
     pub complete: bool,
 }
 
+/// A name (its owner key, `<room>.<user>`) that changed hands with no joining or leaving
+/// client to announce it: what its room should be told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameChange {
+    /// Freed by a sweep of a dead edge's sessions or a retried release: `userLeft`.
+    Freed(String),
+    /// Re-created under a session here after it was gone: `newUser`.
+    HeldAgain(String),
+}
+
 /// A release that could not reach the store: retried each lease period.
 #[derive(Debug, Clone)]
 struct Unreleased {
@@ -174,9 +185,10 @@ pub struct Presence {
     /// This edge's sessions, by session key (ordered: a room's are one range).
     local: Mutex<BTreeMap<String, Local>>,
     unreleased: Mutex<Vec<Unreleased>>,
-    /// Where names freed without a leaving client's edge to announce them go (a sweep of a
-    /// dead edge's sessions, a release retried later): the owner keys.
-    freed: OnceLock<mpsc::UnboundedSender<String>>,
+    /// Where names that changed hands with no client's edge to announce them go: freed by a
+    /// sweep of a dead edge's sessions or a release retried later, or held again by a
+    /// restore or repair here.
+    announce: OnceLock<mpsc::UnboundedSender<NameChange>>,
     counters: OnceLock<Counters>,
 }
 
@@ -186,6 +198,9 @@ pub struct Counters {
     pub sweeps: Counter,
     pub swept_sessions: Counter,
     pub names_freed: Counter,
+    pub names_restored: Counter,
+    pub release_retries: Counter,
+    pub releases_pending: Gauge,
     pub lease_lapses: Counter,
 }
 
@@ -214,15 +229,16 @@ impl Presence {
             ttl: ttl.max(Duration::from_secs(1)),
             local: Mutex::new(BTreeMap::new()),
             unreleased: Mutex::new(Vec::new()),
-            freed: OnceLock::new(),
+            announce: OnceLock::new(),
             counters: OnceLock::new(),
         }
     }
 
-    /// Send the owner keys of names freed by a sweep or a retried release to `tx`, so that
-    /// their rooms can be told (`userLeft`). Set once; later calls are ignored.
-    pub fn announce_freed_to(&self, tx: mpsc::UnboundedSender<String>) {
-        let _ = self.freed.set(tx);
+    /// Send names that changed hands with no joining or leaving client to announce them to
+    /// `tx`, so that their rooms can be told (`userLeft`, `newUser`). Set once; later calls
+    /// are ignored.
+    pub fn announce_to(&self, tx: mpsc::UnboundedSender<NameChange>) {
+        let _ = self.announce.set(tx);
     }
 
     /// Count into these metrics. Set once; later calls are ignored.
@@ -240,8 +256,19 @@ impl Presence {
     /// A name was freed with no leaving session here to announce it.
     fn freed(&self, owner_key: &str) {
         self.count(|c| &c.names_freed, 1);
-        if let Some(tx) = self.freed.get() {
-            let _ = tx.send(owner_key.to_owned());
+        self.announce(NameChange::Freed(owner_key.to_owned()));
+    }
+
+    /// A name held here was gone from presence and is held again (a restore after a lapse,
+    /// or a repair): whoever freed it announced `userLeft`, so the room hears `newUser`.
+    fn held_again(&self, owner_key: &str) {
+        self.count(|c| &c.names_restored, 1);
+        self.announce(NameChange::HeldAgain(owner_key.to_owned()));
+    }
+
+    fn announce(&self, change: NameChange) {
+        if let Some(tx) = self.announce.get() {
+            let _ = tx.send(change);
         }
     }
 
@@ -396,7 +423,7 @@ impl Presence {
     async fn purge_session(&self, session_key: String, local: Local) {
         if let Err(e) = self.remove_session_key(&session_key, local.revision).await {
             debug!(key = %session_key, error = %e, "removing a session key failed; will retry");
-            self.unreleased().push(Unreleased {
+            self.defer(Unreleased {
                 session_key,
                 revision: local.revision,
                 owner_key: local.owner_key,
@@ -442,14 +469,14 @@ impl Presence {
         };
         if let Err(e) = self.remove_session_key(session_key, job.revision).await {
             warn!(error = %e, "presence release failed; retried each lease period");
-            self.unreleased().push(job);
+            self.defer(job);
             return Released::Unknown;
         }
         let released = self
             .free_if_unheld(&job.owner_key, &job.sessions_filter, Some(&local.user_id))
             .await;
         if released == Released::Unknown {
-            self.unreleased().push(job);
+            self.defer(job);
         }
         released
     }
@@ -499,10 +526,31 @@ impl Presence {
         self.unreleased.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Leave a release to the retries.
+    fn defer(&self, job: Unreleased) {
+        let pending = {
+            let mut jobs = self.unreleased();
+            jobs.push(job);
+            jobs.len()
+        };
+        self.set_pending(pending);
+    }
+
+    fn set_pending(&self, pending: usize) {
+        if let Some(c) = self.counters.get() {
+            c.releases_pending
+                .set(i64::try_from(pending).unwrap_or(i64::MAX));
+        }
+    }
+
     /// Retry the releases that could not reach the store (a name freed this way is
-    /// announced by the rooms' member checks).
+    /// announced as a sweep's is: `userLeft`).
     async fn retry_unreleased(&self) {
         let jobs = std::mem::take(&mut *self.unreleased());
+        if jobs.is_empty() {
+            return;
+        }
+        self.count(|c| &c.release_retries, jobs.len() as u64);
         for job in jobs {
             // A session joined again under the same key since is not ours to remove.
             if self.local().contains_key(&job.session_key) {
@@ -525,6 +573,8 @@ impl Presence {
                 Released::Unknown => self.unreleased().push(job),
             }
         }
+        let pending = self.unreleased().len();
+        self.set_pending(pending);
     }
 
     /// How many session keys under a name are live.

@@ -133,6 +133,7 @@ impl Presence {
             Ok(None) => match self.kv.create(key, value).await {
                 Ok(_) => {
                     info!(key, "a name held here was gone from presence; re-created");
+                    self.held_again(key);
                     Ok(())
                 }
                 // Someone created it first: the room's next presence check sees whose it is.

@@ -5,7 +5,8 @@
 //!   settings ([`StreamArgs`]), ensured by each service at start-up.
 //! - [`presence_bucket`]: the `presence` KV bucket of held user names (owner and session
 //!   keys) and [`name_holder`], "who holds this name in this room".
-//! - [`connect`]: how a service connects (URL list, reconnects, logged events).
+//! - [`connect`]: how a service connects (URL list, reconnects, logged events), and
+//!   [`Disruptions`], the events after which core NATS messages may have been lost.
 //! - [`reader`]: ranged reads of one room's messages from the stream (batched direct get,
 //!   ADR-31), for history, catch-up and gap repair without creating consumers.
 //! - [`pull`]: one pull request on a durable consumer (the archiver's and the bots').
@@ -22,7 +23,7 @@ pub mod reader;
 pub mod stream;
 pub mod subjects;
 
-pub use connect::connect;
+pub use connect::{connect, connect_watched, Disruptions};
 pub use presence_bucket::{
     ensure_leases, ensure_presence, name_holder, LookupError, Owner, SessionEntry,
 };

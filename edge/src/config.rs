@@ -128,10 +128,16 @@ pub struct Config {
     #[arg(long, env = "NATTER_IDLE_TIMEOUT_SECS", default_value_t = 90)]
     pub idle_timeout_secs: u64,
 
-    /// Seconds between a room's check that its tail matches the stream (repairs a message
-    /// lost on the live subject when no later one reveals the gap).
+    /// Seconds between a room's checks that its tail matches the stream (repairs a message
+    /// lost on the live subject when no later one reveals the gap), while the room has
+    /// traffic or after a disruption of the edge's NATS connection.
     #[arg(long, env = "NATTER_TAIL_CHECK_SECS", default_value_t = 5)]
     pub tail_check_secs: u64,
+
+    /// Seconds between tail checks of a room with no traffic and no disruption since its
+    /// last check (a safety net for a loss the edge cannot see).
+    #[arg(long, env = "NATTER_TAIL_CHECK_QUIET_SECS", default_value_t = 60)]
+    pub tail_check_quiet_secs: u64,
 
     /// Seconds between a room's check of its names against presence: announces names that
     /// left without a `userLeft` (none normally: the sweep of a crashed edge announces its
@@ -229,6 +235,7 @@ impl natter_ops::ServiceConfig for Config {
             ("--ping-interval-secs", self.ping_interval_secs as f64),
             ("--idle-timeout-secs", self.idle_timeout_secs as f64),
             ("--tail-check-secs", self.tail_check_secs as f64),
+            ("--tail-check-quiet-secs", self.tail_check_quiet_secs as f64),
             ("--presence-check-secs", self.presence_check_secs as f64),
             (
                 "--max-connections-per-ip",

@@ -24,6 +24,7 @@ pub struct Metrics {
     pub slow_client_disconnects: Counter,
     pub gap_repairs: Counter,
     pub gap_messages_repaired: Counter,
+    pub tail_checks: Counter,
     pub catchups: Counter,
     pub catchup_messages: Counter,
     pub history_truncated: Counter,
@@ -104,6 +105,10 @@ impl Metrics {
             gap_messages_repaired: r.counter(
                 "natter_edge_gap_messages_repaired_total",
                 "Messages recovered by gap repair.",
+            ),
+            tail_checks: r.counter(
+                "natter_edge_tail_checks_total",
+                "Rooms' reads of the stream's tail for a message missed on the live subject.",
             ),
             catchups: r.counter(
                 "natter_edge_catchups_total",

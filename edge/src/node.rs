@@ -98,12 +98,17 @@ impl Node {
     pub async fn start(config: Config) -> Result<Arc<Node>, StartError> {
         let name = config.node();
         let verifier = natter_auth::Verifier::from_args(&config.auth, config.listen)?;
-        let nats = natter_bus::connect(
+        let disruptions = natter_bus::Disruptions::default();
+        let nats = natter_bus::connect_watched(
             &config.nats_url,
             &format!("natter-edge {name}"),
             Duration::from_secs(30),
+            disruptions.clone(),
         )
         .await?;
+        disruptions
+            .watch_leader_elections(&nats, subjects::STREAM)
+            .await?;
         let js = jetstream::new(nats.clone());
         let status = natter_bus::ensure_chat_stream(&js, &config.stream).await?;
         let stream_drift =
@@ -135,6 +140,8 @@ impl Node {
             metrics: metrics.clone(),
             buffer_cap: config.outbound_queue.max(1),
             tail_check: Duration::from_secs(config.tail_check_secs.max(1)),
+            tail_check_quiet: Duration::from_secs(config.tail_check_quiet_secs.max(1)),
+            disruptions,
             presence_check: Duration::from_secs(config.presence_check_secs.max(1)),
             coalesce: Duration::from_millis(config.coalesce_ms),
             presence: presence.clone(),

@@ -208,16 +208,23 @@ async fn a_client_that_stops_reading_is_disconnected_and_the_room_keeps_flowing(
 
 #[tokio::test]
 async fn messages_missed_on_the_live_subject_during_a_nats_restart_are_repaired() {
-    let mut s = stack(1, &[]).await;
+    // No quiet-period tail check in this test's lifetime: the disconnect itself must make
+    // the room look.
+    let mut s = stack(1, &["--tail-check-quiet-secs", "3600"]).await;
     let (mut bob, _) = joined(&s.edges[0], "r", "u2", "Bob").await;
     let (mut ann, _) = joined(&s.edges[0], "r", "u1", "Ann").await;
     ann.send_message("r", "u1", "Ann", "x", "before").await;
     assert_eq!(uuids(&bob.room_messages(1, WAIT).await), vec!["before"]);
+    // The check that traffic calls for (at the next 1 s tick) is done before the restart.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
 
     s.nats.kill();
+    // Down long enough for the edge's reconnect attempts to back off, so that it is
+    // usually still away when the messages below are stored.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     s.nats.restart().await;
     // Publish straight into the stream before the edge has necessarily reconnected: those
-    // live copies may never reach it, and only the sequence headers reveal the gap.
+    // live copies may never reach it, and no later message reveals the gap.
     let client = async_nats::connect(s.nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(client);
     let token = natter_protocol::token::encode("r");
@@ -430,4 +437,53 @@ async fn a_user_whose_edge_crashed_is_announced_as_left_once_the_name_expires() 
         .filter(|e| matches!(e, Event::Json(v) if v["method"] == "userLeft"))
         .collect();
     assert!(dup.is_empty(), "{dup:?}");
+}
+
+#[tokio::test]
+async fn a_quiet_room_reads_the_streams_tail_only_after_traffic_or_a_disruption() {
+    let mut s = stack(1, &["--tail-check-quiet-secs", "3600"]).await;
+    let edge = &s.edges[0];
+    let (mut ann, _) = joined(edge, "r", "u1", "Ann").await;
+    let (mut bob, _) = joined(edge, "r", "u2", "Bob").await;
+    // A new room checks at its first tick (1 s here), then not while nothing happens.
+    let started = await_tail_checks(edge, |n| n >= 1.0).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let quiet = tail_checks(edge).await;
+    assert_eq!(quiet, started, "a quiet room checked its tail");
+    // A message makes the next tick check.
+    ann.send_message("r", "u1", "Ann", "x", "m1").await;
+    assert_eq!(uuids(&bob.room_messages(1, WAIT).await), vec!["m1"]);
+    let after_traffic = await_tail_checks(edge, |n| n > quiet).await;
+    // So does a disruption of the edge's NATS connection, with no traffic at all.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        tail_checks(edge).await,
+        after_traffic,
+        "checked while quiet"
+    );
+    s.nats.kill();
+    s.nats.restart().await;
+    let edge = &s.edges[0];
+    edge.wait_ready(WAIT).await;
+    await_tail_checks(edge, |n| n > after_traffic).await;
+    assert_eq!(bob.call("ping", json!({})).await["result"], "pong");
+}
+
+async fn tail_checks(edge: &natter_testkit::Service) -> f64 {
+    edge.metric("natter_edge_tail_checks_total")
+        .await
+        .expect("natter_edge_tail_checks_total")
+}
+
+/// Poll the edge's tail-check count until `ok` holds, for at most [`WAIT`].
+async fn await_tail_checks(edge: &natter_testkit::Service, ok: impl Fn(f64) -> bool) -> f64 {
+    let mut n = f64::NAN;
+    for _ in 0..200 {
+        n = tail_checks(edge).await;
+        if ok(n) {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("tail checks stayed at {n}");
 }

@@ -421,17 +421,6 @@ async fn a_name_deleted_under_a_joined_session_is_put_back() {
     );
 }
 
-/// The edge's metric `name` as it reads now.
-async fn counter(edge: &Service, name: &str) -> f64 {
-    let r = natter_testkit::http::get(edge.ops_addr, "/metrics", &[])
-        .await
-        .expect("GET /metrics");
-    natter_ops::exposition::scraped(r.status, r.header("content-type"), &r.text())
-        .unwrap_or_else(|e| panic!("{e}"))
-        .value(name, &[])
-        .unwrap_or(f64::NAN)
-}
-
 #[tokio::test]
 async fn a_release_while_nats_is_down_is_retried_and_announced() {
     // No periodic presence check in this test's lifetime: the retry itself must announce.
@@ -466,7 +455,10 @@ async fn a_release_while_nats_is_down_is_retried_and_announced() {
         .expect("userLeft for Ann, once the release went through");
     assert_eq!(left["params"]["userName"], "Ann", "{left}");
     await_counter(&s.edges[0], "natter_edge_presence_releases_pending", 0.0).await;
-    let retries = counter(&s.edges[0], "natter_edge_presence_release_retries_total").await;
+    let retries = s.edges[0]
+        .metric("natter_edge_presence_release_retries_total")
+        .await
+        .expect("natter_edge_presence_release_retries_total");
     assert!(retries >= 1.0, "{retries} retries");
     let (_presence_js, presence, _leases) = buckets(&s.nats).await;
     await_holder(&presence, "Ann", None).await;

@@ -1,5 +1,6 @@
 //! A room's I/O shell: its live subscription, the task that feeds the room's [`Delivery`]
-//! state machine from it, the reads that repair a gap, and the periodic tail check.
+//! state machine from it, the reads that repair a gap, and the tail check
+//! ([`super::tail`] decides when).
 //!
 //! Every decision (stale, deliver, repair first, which members get what) is the state
 //! machine's; this file only moves bytes between NATS and it. It also keeps the members'
@@ -24,6 +25,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::coalesce::Coalescer;
 use super::delivery::{Delivery, Live};
+use super::tail::TailSchedule;
 use super::RoomDeps;
 use crate::outbox::Outbox;
 use crate::presence::RoomNames;
@@ -339,7 +341,10 @@ impl Room {
         }
     }
 
-    async fn check_tail(&self, deps: &RoomDeps) {
+    /// Compare the room with the stream's tail and repair what it lacks; false when the
+    /// stream could not be read.
+    async fn check_tail(&self, deps: &RoomDeps) -> bool {
+        deps.metrics.tail_checks.inc();
         match deps.reader.last_seq(&self.subject).await {
             Ok(tail) => {
                 let behind = self.delivery().behind(tail);
@@ -347,8 +352,12 @@ impl Room {
                     info!(tail, last = from - 1, "room behind the stream; repairing");
                     self.repair_or_resync(deps, from, to).await;
                 }
+                true
             }
-            Err(e) => debug!(error = %e, "tail check failed"),
+            Err(e) => {
+                debug!(error = %e, "tail check failed");
+                false
+            }
         }
     }
 }
@@ -360,6 +369,11 @@ async fn run(room: Arc<Room>, deps: Arc<RoomDeps>, mut sub: async_nats::Subscrib
     let period = deps.tail_check;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tail = TailSchedule::new(
+        tokio::time::Instant::now(),
+        deps.disruptions.epoch(),
+        deps.tail_check_quiet,
+    );
     let period = deps.presence_check;
     let mut names_tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     names_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -393,6 +407,7 @@ async fn run(room: Arc<Room>, deps: Arc<RoomDeps>, mut sub: async_nats::Subscrib
                     // Events (typing, newUser, …) went out at once; only a batch that
                     // staged room messages counts as a write.
                     if room.delivery().has_staged() {
+                        tail.stir();
                         if coalesce.staged(tokio::time::Instant::now()) {
                             room.flush(&deps);
                         } else if let Some(due) = coalesce.due() {
@@ -416,8 +431,11 @@ async fn run(room: Arc<Room>, deps: Arc<RoomDeps>, mut sub: async_nats::Subscrib
                     return;
                 }
             },
-            _ = tick.tick() => {
-                Box::pin(room.check_tail(&deps)).await;
+            now = tick.tick() => {
+                let epoch = deps.disruptions.epoch();
+                if tail.due(now, epoch) && Box::pin(room.check_tail(&deps)).await {
+                    tail.checked(now, epoch);
+                }
             }
             _ = names_tick.tick() => {
                 Box::pin(room.check_presence(&deps)).await;

@@ -5,6 +5,8 @@
 //!   decides who gets what; unit- and property-tested on its own.
 //! - [`live`]: a room's I/O shell: subscription task, gap repair reads, tail check.
 //! - [`coalesce`]: when a room writes what it staged (at once, or once per window).
+//! - [`tail`]: when a room checks the stream's tail (after traffic or a disruption, else
+//!   once per quiet period).
 //! - this file: the registry (join creates and starts a room, the last leave discards it).
 //!
 //! A room needs only [`RoomDeps`] (NATS, the stream reader, metrics, two settings), never
@@ -13,6 +15,7 @@
 pub mod coalesce;
 pub mod delivery;
 pub mod live;
+pub mod tail;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,8 +36,13 @@ pub struct RoomDeps {
     pub metrics: Arc<Metrics>,
     /// Frames buffered for a catching-up member before it is closed as slow.
     pub buffer_cap: usize,
-    /// Period of each room's check against the stream's tail (and against presence).
+    /// How often a room may check the stream's tail: the tick of [`tail::TailSchedule`].
     pub tail_check: Duration,
+    /// How often a room with no traffic and no disruption checks the tail.
+    pub tail_check_quiet: Duration,
+    /// Disruptions of the edge's NATS connection (and of the stream's leadership): after
+    /// one, every room checks its tail at its next tick.
+    pub disruptions: natter_bus::Disruptions,
     /// How often each room checks its names against presence.
     pub presence_check: Duration,
     /// A room writes to its sockets at most once per this window (zero: at once); see

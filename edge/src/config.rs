@@ -128,14 +128,15 @@ pub struct Config {
     #[arg(long, env = "NATTER_IDLE_TIMEOUT_SECS", default_value_t = 90)]
     pub idle_timeout_secs: u64,
 
-    /// Seconds between a room's checks that its tail matches the stream (repairs a message
-    /// lost on the live subject when no later one reveals the gap), while the room has
-    /// traffic or after a disruption of the edge's NATS connection.
+    /// Seconds between the ticks of a room's check that its tail matches the stream
+    /// (repairs a message lost on the live subject when no later one reveals the gap): a
+    /// room checks at the first tick that finds it quiet after traffic, and every room at
+    /// the next tick after a disruption of the edge's NATS connection.
     #[arg(long, env = "NATTER_TAIL_CHECK_SECS", default_value_t = 5)]
     pub tail_check_secs: u64,
 
-    /// Seconds between tail checks of a room with no traffic and no disruption since its
-    /// last check (a safety net for a loss the edge cannot see).
+    /// Seconds between tail checks of a room otherwise (a safety net for a loss the edge
+    /// cannot see).
     #[arg(long, env = "NATTER_TAIL_CHECK_QUIET_SECS", default_value_t = 60)]
     pub tail_check_quiet_secs: u64,
 

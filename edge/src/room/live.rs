@@ -433,7 +433,7 @@ async fn run(room: Arc<Room>, deps: Arc<RoomDeps>, mut sub: async_nats::Subscrib
             },
             now = tick.tick() => {
                 let epoch = deps.disruptions.epoch();
-                if tail.due(now, epoch) && Box::pin(room.check_tail(&deps)).await {
+                if tail.tick(now, epoch) && Box::pin(room.check_tail(&deps)).await {
                     tail.checked(now, epoch);
                 }
             }

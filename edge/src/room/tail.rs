@@ -2,26 +2,33 @@
 //! clock-free decision the room's task ([`super::live`]) asks at each `--tail-check-secs`
 //! tick. Kept apart so the rule is tested on its own, with made-up instants.
 //!
-//! A live copy is lost only on a disruption the edge can see (its NATS connection dropped
-//! or came back, the client dropped messages for a slow subscription, the stream's leader
-//! changed: [`natter_bus::Disruptions`]), or right around traffic (a room that has just
-//! started, or just received a message, may have lost the next one with nothing after it
-//! to reveal the gap). A quiet room with none of those has nothing to find, so it checks
-//! only every `--tail-check-quiet-secs`, a safety net for whatever goes unseen (a route
-//! between NATS nodes that flapped). Checking every room on every tick was most of what
-//! an idle natter cost NATS (SCALING.md §2).
+//! A lost live copy is revealed by the next message the room receives (its previous
+//! sequence does not match; [`super::delivery`] repairs the gap first). What no message
+//! reveals is a loss *after the last one*, so the check matters only:
+//! - when the room goes quiet after traffic (or after it started: its subscription may
+//!   have reached the stream's leader late): at the first tick that finds no message since
+//!   the previous one. A room busier than one message per tick never needs it;
+//! - after a disruption the edge can see (its NATS connection dropped or came back, the
+//!   client dropped messages for a slow subscription, the stream's leader changed:
+//!   [`natter_bus::Disruptions`]): at the next tick, in every room;
+//! - otherwise once per `--tail-check-quiet-secs`, a safety net for a loss the edge cannot
+//!   see (a route between NATS nodes that flapped).
+//!
+//! Checking every room on every tick was most of what an idle natter cost NATS, and would
+//! be as much again under load (SCALING.md §2).
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// When a room checks its tail: at the next tick after it was stirred (started, or a
-/// message arrived) or after a disruption, else once per quiet period.
+/// When a room checks its tail; see the module doc.
 #[derive(Debug)]
 pub struct TailSchedule {
     quiet: Duration,
-    /// Started, or staged a message since the last check that succeeded.
+    /// Started, or staged a message, since the last check that succeeded.
     stirred: bool,
+    /// Staged a message since the previous tick.
+    recent: bool,
     /// The disruption count at the start of the last check that succeeded.
     epoch: u64,
     /// When the last check that succeeded started.
@@ -29,25 +36,27 @@ pub struct TailSchedule {
 }
 
 impl TailSchedule {
-    /// A room that starts at `now` when the disruption count is `epoch`: its first tick
-    /// checks (the subscription may have reached the stream's leader late).
+    /// A room that starts at `now` when the disruption count is `epoch`.
     pub fn new(now: Instant, epoch: u64, quiet: Duration) -> Self {
         TailSchedule {
             quiet,
             stirred: true,
+            recent: false,
             epoch,
             checked_at: now,
         }
     }
 
-    /// The room staged a live message: the next one may be lost with nothing after it.
+    /// The room staged a live message.
     pub fn stir(&mut self) {
         self.stirred = true;
+        self.recent = true;
     }
 
-    /// Whether a tick at `now`, with the disruption count at `epoch`, checks the tail.
-    pub fn due(&self, now: Instant, epoch: u64) -> bool {
-        self.stirred || epoch != self.epoch || now.duration_since(self.checked_at) >= self.quiet
+    /// A tick at `now`, with the disruption count at `epoch`: whether to check the tail.
+    pub fn tick(&mut self, now: Instant, epoch: u64) -> bool {
+        let gone_quiet = self.stirred && !std::mem::take(&mut self.recent);
+        gone_quiet || epoch != self.epoch || now.duration_since(self.checked_at) >= self.quiet
     }
 
     /// A check started at `started`, with the count at `epoch`, succeeded. (One that failed
@@ -68,34 +77,51 @@ mod tests {
     const QUIET: Duration = Duration::from_secs(60);
     const TICK: Duration = Duration::from_secs(5);
 
-    #[test]
-    fn a_new_room_checks_at_its_first_tick_then_only_once_per_quiet_period() {
-        let t0 = Instant::now();
-        let mut s = TailSchedule::new(t0, 7, QUIET);
-        assert!(s.due(t0 + TICK, 7));
-        s.checked(t0 + TICK, 7);
-        let mut checks = 0;
-        for i in 2..=25 {
+    /// Run ticks `from..=to` (checks succeed); the ticks that checked.
+    fn run(s: &mut TailSchedule, t0: Instant, ticks: std::ops::RangeInclusive<u32>) -> Vec<u32> {
+        let mut checked = Vec::new();
+        for i in ticks {
             let now = t0 + TICK * i;
-            if s.due(now, 7) {
-                checks += 1;
-                s.checked(now, 7);
+            if s.tick(now, 0) {
+                s.checked(now, 0);
+                checked.push(i);
             }
         }
-        // Ticks 2..=25 span two minutes: checks at 65 s and 125 s.
-        assert_eq!(checks, 2);
+        checked
     }
 
     #[test]
-    fn a_message_makes_the_next_tick_check() {
+    fn a_new_quiet_room_checks_at_its_first_tick_then_once_per_quiet_period() {
         let t0 = Instant::now();
         let mut s = TailSchedule::new(t0, 0, QUIET);
-        s.checked(t0, 0);
-        assert!(!s.due(t0 + TICK, 0));
-        s.stir();
-        assert!(s.due(t0 + TICK, 0));
-        s.checked(t0 + TICK, 0);
-        assert!(!s.due(t0 + TICK * 2, 0));
+        // Two minutes of ticks: the first, then 60 s after it, and 60 s after that.
+        assert_eq!(run(&mut s, t0, 1..=25), vec![1, 13, 25]);
+    }
+
+    #[test]
+    fn a_room_checks_once_at_the_first_tick_without_a_message() {
+        let t0 = Instant::now();
+        let mut s = TailSchedule::new(t0, 0, QUIET);
+        assert_eq!(run(&mut s, t0, 1..=1), vec![1]);
+        // Messages before ticks 2, 3 and 4: the next message would reveal any loss.
+        for i in 2..=4 {
+            s.stir();
+            assert_eq!(run(&mut s, t0, i..=i), Vec::<u32>::new(), "tick {i}");
+        }
+        // Tick 5 finds none since tick 4: the last one may have a lost successor.
+        assert_eq!(run(&mut s, t0, 5..=8), vec![5]);
+    }
+
+    #[test]
+    fn a_busy_room_checks_only_once_per_quiet_period() {
+        let t0 = Instant::now();
+        let mut s = TailSchedule::new(t0, 0, QUIET);
+        let mut checked = Vec::new();
+        for i in 1..=25 {
+            s.stir();
+            checked.extend(run(&mut s, t0, i..=i));
+        }
+        assert_eq!(checked, vec![12, 24]);
     }
 
     #[test]
@@ -103,11 +129,20 @@ mod tests {
         let t0 = Instant::now();
         let mut s = TailSchedule::new(t0, 3, QUIET);
         s.checked(t0, 3);
-        assert!(s.due(t0 + TICK, 4));
+        assert!(s.tick(t0 + TICK, 4));
         // That check failed (NATS still down): nothing recorded, the next tick checks.
-        assert!(s.due(t0 + TICK * 2, 5));
+        assert!(s.tick(t0 + TICK * 2, 5));
         s.checked(t0 + TICK * 2, 5);
-        assert!(!s.due(t0 + TICK * 3, 5));
+        assert!(!s.tick(t0 + TICK * 3, 5));
+    }
+
+    #[test]
+    fn a_disruption_in_a_busy_room_checks_at_once() {
+        let t0 = Instant::now();
+        let mut s = TailSchedule::new(t0, 0, QUIET);
+        s.checked(t0, 0);
+        s.stir();
+        assert!(s.tick(t0 + TICK, 1));
     }
 
     #[test]
@@ -116,17 +151,18 @@ mod tests {
         let mut s = TailSchedule::new(t0, 1, QUIET);
         // The check started at count 1; a disconnect happened while it ran.
         s.checked(t0, 1);
-        assert!(s.due(t0 + TICK, 2));
+        assert!(s.tick(t0 + TICK, 2));
     }
 
     #[test]
-    fn a_failed_check_leaves_a_stirred_room_due() {
+    fn a_failed_check_of_a_room_gone_quiet_is_retried_at_the_next_tick() {
         let t0 = Instant::now();
         let mut s = TailSchedule::new(t0, 0, QUIET);
         s.checked(t0, 0);
         s.stir();
+        assert!(!s.tick(t0 + TICK, 0));
+        assert!(s.tick(t0 + TICK * 2, 0));
         // No `checked`: the read failed.
-        assert!(s.due(t0 + TICK, 0));
-        assert!(s.due(t0 + TICK * 2, 0));
+        assert!(s.tick(t0 + TICK * 3, 0));
     }
 }

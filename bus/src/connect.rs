@@ -12,22 +12,34 @@ use futures_util::StreamExt;
 use crate::SetupError;
 
 /// Counts the events after which core NATS messages on their way to one client may have
-/// been lost: its connection dropped or came back, the client dropped messages for a slow
-/// subscription, or a stream's leader changed (a leader lost between storing a message and
-/// republishing it loses the live copy). Whoever depends on core delivery compares
-/// [`Disruptions::epoch`] with the value at its last check. Clones share the count.
+/// been lost: its connection dropped or came back, or the client dropped messages for a
+/// slow subscription (*connection* disruptions, which lose any message to it); and a
+/// stream's leader changed (a leader lost between storing a message and republishing it
+/// loses the live copy). Whoever depends on core delivery compares an epoch with its value
+/// at its last check. Clones share the counts.
 #[derive(Debug, Clone, Default)]
-pub struct Disruptions(Arc<AtomicU64>);
+pub struct Disruptions(Arc<Counts>);
+
+#[derive(Debug, Default)]
+struct Counts {
+    connection: AtomicU64,
+    leader: AtomicU64,
+}
 
 impl Disruptions {
-    /// The number of disruptions so far.
+    /// Every disruption so far: connection disruptions and leader elections.
     pub fn epoch(&self) -> u64 {
-        self.0.load(Ordering::Acquire)
+        self.connection_epoch() + self.0.leader.load(Ordering::Acquire)
     }
 
-    /// Count one disruption.
+    /// The connection disruptions so far.
+    pub fn connection_epoch(&self) -> u64 {
+        self.0.connection.load(Ordering::Acquire)
+    }
+
+    /// Count a connection disruption.
     pub fn bump(&self) {
-        self.0.fetch_add(1, Ordering::AcqRel);
+        self.0.connection.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Count each leader election of `stream` (JetStream's advisory; a single server has
@@ -47,7 +59,7 @@ impl Disruptions {
         tokio::spawn(async move {
             while sub.next().await.is_some() {
                 tracing::info!(stream = %stream, "stream leader elected");
-                this.bump();
+                this.0.leader.fetch_add(1, Ordering::AcqRel);
             }
         });
         Ok(())

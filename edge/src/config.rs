@@ -142,8 +142,9 @@ pub struct Config {
 
     /// Seconds between a room's check of its names against presence: announces names that
     /// left without a `userLeft` (none normally: the sweep of a crashed edge announces its
-    /// names) and puts back a name deleted under a session here.
-    #[arg(long, env = "NATTER_PRESENCE_CHECK_SECS", default_value_t = 30)]
+    /// names) and puts back a name deleted under a session here. After a disruption of the
+    /// edge's NATS connection every room checks at its next two tail-check ticks as well.
+    #[arg(long, env = "NATTER_PRESENCE_CHECK_SECS", default_value_t = 120)]
     pub presence_check_secs: u64,
 
     /// Timeout of one request to NATS (direct get, history, KV), in milliseconds.

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub gap_repairs: Counter,
     pub gap_messages_repaired: Counter,
     pub tail_checks: Counter,
+    pub name_checks: Counter,
     pub catchups: Counter,
     pub catchup_messages: Counter,
     pub history_truncated: Counter,
@@ -109,6 +110,10 @@ impl Metrics {
             tail_checks: r.counter(
                 "natter_edge_tail_checks_total",
                 "Rooms' reads of the stream's tail for a message missed on the live subject.",
+            ),
+            name_checks: r.counter(
+                "natter_edge_name_checks_total",
+                "Rooms' listings of their names in presence (every --presence-check-secs, and twice after a disruption of the NATS connection).",
             ),
             catchups: r.counter(
                 "natter_edge_catchups_total",

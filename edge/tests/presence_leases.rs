@@ -1,9 +1,9 @@
 //! Presence under edge leases, against a real nats-server and real edges: idle sessions
 //! write nothing, a dead lease's names are freed by a live edge (`userLeft`), a lapsed
 //! lease is taken again without losing a name (`newUser` for those put back), a release
-//! made while NATS was down is retried and announced, and a restore round (spread over
-//! time, working from a snapshot) never brings back a name whose last session left
-//! during it.
+//! made while NATS was down is retried and announced, a name gone without an announcement
+//! is announced after a reconnect, and a restore round (spread over time, working from a
+//! snapshot) never brings back a name whose last session left during it.
 
 mod common;
 
@@ -471,6 +471,50 @@ async fn a_release_while_nats_is_down_is_retried_and_announced() {
         .expect("the name is free again");
     assert_eq!(
         bob.call("ping", serde_json::json!({})).await["result"],
+        "pong"
+    );
+}
+
+#[tokio::test]
+async fn a_name_gone_without_an_announcement_is_announced_after_a_reconnect() {
+    // No periodic presence check in this test's lifetime: the reconnect must make the room
+    // list its names.
+    let mut s = stack(1, &["--presence-check-secs", "3600"]).await;
+    let (_js, presence, _leases) = buckets(&s.nats).await;
+    // Zed holds a name when Ann's room starts; then the name goes with no `userLeft`
+    // (as when its announcement was lost), and no session or lease is left to sweep.
+    let owner = serde_json::to_vec(&natter_bus::Owner {
+        user_id: "u-zed".into(),
+        user_name: "Zed".into(),
+    })
+    .expect("json");
+    let owner_key = subjects::presence_owner_key(&room_token(), &user_token("Zed"));
+    presence.put(&owner_key, owner.into()).await.expect("owner");
+    let (mut ann, w) = joined(&s.edges[0], ROOM, "u-ann", "Ann").await;
+    assert_eq!(
+        w["params"]["members"],
+        serde_json::json!(["Ann", "Zed"]),
+        "{w}"
+    );
+    remove(&s.nats, &presence, &owner_key).await;
+    let before = s.edges[0]
+        .metric("natter_edge_name_checks_total")
+        .await
+        .expect("natter_edge_name_checks_total");
+    s.nats.kill();
+    s.nats.restart().await;
+    let left = ann
+        .next_matching(WAIT, |v| v["method"] == "userLeft")
+        .await
+        .expect("userLeft for Zed after the reconnect");
+    assert_eq!(left["params"]["userName"], "Zed", "{left}");
+    let after = s.edges[0]
+        .metric("natter_edge_name_checks_total")
+        .await
+        .expect("natter_edge_name_checks_total");
+    assert!(after >= before + 2.0, "{before} -> {after}");
+    assert_eq!(
+        ann.call("ping", serde_json::json!({})).await["result"],
         "pong"
     );
 }

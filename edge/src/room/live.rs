@@ -25,7 +25,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::coalesce::Coalescer;
 use super::delivery::{Delivery, Live};
-use super::tail::TailSchedule;
+use super::tail::{NamesRecheck, TailSchedule};
 use super::RoomDeps;
 use crate::outbox::Outbox;
 use crate::presence::RoomNames;
@@ -289,23 +289,26 @@ impl Room {
         }
     }
 
-    /// Every `--presence-check-secs`: a name the members know of that two checks in a row
-    /// did not find in presence is announced as left, to this edge's members (every edge
-    /// with members does the same for its own). A safety net: a name that left normally is
-    /// announced by its edge, and a crashed edge's names by the edge that sweeps them, so
-    /// such names never reach a second check; this one catches an announcement that was
-    /// lost on the way. Names of this edge's members missing from a complete listing
-    /// are put back first ([`crate::presence::Presence::repair_room`]).
-    async fn check_presence(&self, deps: &RoomDeps) {
+    /// Every `--presence-check-secs`, and at the two ticks after a disruption of the edge's
+    /// NATS connection ([`NamesRecheck`]): a name the members know of that two checks in a
+    /// row did not find in presence is announced as left, to this edge's members (every
+    /// edge with members does the same for its own). A safety net: a name that left
+    /// normally is announced by its edge, and a crashed edge's names by the edge that
+    /// sweeps them, so such names never reach a second check; this one catches an
+    /// announcement that was lost on the way. Names of this edge's members missing from a
+    /// complete listing are put back first ([`crate::presence::Presence::repair_room`]).
+    /// False when presence could not be listed.
+    async fn check_presence(&self, deps: &RoomDeps) -> bool {
+        deps.metrics.name_checks.inc();
         let held = match deps.presence.members_checked(&self.token).await {
             Ok(r) => r,
             Err(e) => {
                 debug!(error = %e, "presence check failed");
-                return;
+                return false;
             }
         };
         if !held.complete {
-            return; // a partial list proves no absence
+            return true; // a partial list proves no absence
         }
         deps.presence.repair_room(&self.token, &held).await;
         let present: HashSet<String> = held.names.into_iter().collect();
@@ -339,6 +342,7 @@ impl Room {
             let queued = self.delivery().broadcast_event(&wire::text(&note), None);
             deps.metrics.frames_out.inc_by(queued);
         }
+        true
     }
 
     /// Compare the room with the stream's tail and repair what it lacks; false when the
@@ -374,6 +378,7 @@ async fn run(room: Arc<Room>, deps: Arc<RoomDeps>, mut sub: async_nats::Subscrib
         deps.disruptions.epoch(),
         deps.tail_check_quiet,
     );
+    let mut names_recheck = NamesRecheck::new(deps.disruptions.connection_epoch());
     let period = deps.presence_check;
     let mut names_tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     names_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -435,6 +440,11 @@ async fn run(room: Arc<Room>, deps: Arc<RoomDeps>, mut sub: async_nats::Subscrib
                 let epoch = deps.disruptions.epoch();
                 if tail.tick(now, epoch) && Box::pin(room.check_tail(&deps)).await {
                     tail.checked(now, epoch);
+                }
+                if names_recheck.tick(deps.disruptions.connection_epoch())
+                    && Box::pin(room.check_presence(&deps)).await
+                {
+                    names_recheck.listed();
                 }
             }
             _ = names_tick.tick() => {

@@ -68,9 +68,41 @@ impl TailSchedule {
     }
 }
 
+/// When a room lists its names because its edge's NATS connection was disrupted (a
+/// `userLeft` on its way may have been lost): at the first tick after the disruption and at
+/// the one after it, since a name is announced gone only when two listings in a row miss
+/// it. (Otherwise a room lists them every `--presence-check-secs`.)
+#[derive(Debug)]
+pub struct NamesRecheck {
+    /// The connection-disruption count last seen.
+    epoch: u64,
+    /// Listings still owed for it.
+    owed: u8,
+}
+
+impl NamesRecheck {
+    pub fn new(epoch: u64) -> Self {
+        NamesRecheck { epoch, owed: 0 }
+    }
+
+    /// A tick with the connection-disruption count at `epoch`: whether to list the names.
+    pub fn tick(&mut self, epoch: u64) -> bool {
+        if epoch != self.epoch {
+            self.epoch = epoch;
+            self.owed = 2;
+        }
+        self.owed > 0
+    }
+
+    /// A listing succeeded (a failed one is owed still).
+    pub fn listed(&mut self) {
+        self.owed = self.owed.saturating_sub(1);
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::TailSchedule;
+    use super::{NamesRecheck, TailSchedule};
     use std::time::Duration;
     use tokio::time::Instant;
 
@@ -164,5 +196,26 @@ mod tests {
         assert!(s.tick(t0 + TICK * 2, 0));
         // No `checked`: the read failed.
         assert!(s.tick(t0 + TICK * 3, 0));
+    }
+
+    #[test]
+    fn names_are_listed_twice_after_a_disruption_and_failures_are_owed() {
+        let mut r = NamesRecheck::new(4);
+        assert!(!r.tick(4));
+        assert!(r.tick(5));
+        // That listing failed: still two owed.
+        assert!(r.tick(5));
+        r.listed();
+        assert!(r.tick(5));
+        r.listed();
+        assert!(!r.tick(5));
+        // Another disruption while one was owed starts over.
+        assert!(r.tick(6));
+        r.listed();
+        assert!(r.tick(7));
+        r.listed();
+        assert!(r.tick(7));
+        r.listed();
+        assert!(!r.tick(7));
     }
 }

@@ -371,13 +371,7 @@ async fn a_lapsed_lease_is_taken_again_and_keeps_its_names() {
     await_counter(&s.edges[0], "natter_edge_presence_lease_lapses_total", 1.0).await;
     // The sweeper told the room Ann left; the restore tells it she is back (Bob's name
     // was never gone, so it is not announced).
-    await_joined_again(&mut bob, "Ann").await;
-    await_counter(
-        &s.edges[0],
-        "natter_edge_presence_names_restored_total",
-        1.0,
-    )
-    .await;
+    await_put_back(&s.edges[0], &mut bob, "Ann").await;
     assert_eq!(
         ann.call("ping", serde_json::json!({})).await["result"],
         "pong"
@@ -385,14 +379,16 @@ async fn a_lapsed_lease_is_taken_again_and_keeps_its_names() {
     refused_ann(&s).await;
 }
 
-/// `newUser` for `name` reaches `client`, and no other `newUser` comes before it.
-async fn await_joined_again(client: &mut ChatClient, name: &str) {
+/// The edge put `name` back once: `newUser` for it reaches `client` (no other `newUser`
+/// before it), and the edge counts one name restored.
+async fn await_put_back(edge: &Service, client: &mut ChatClient, name: &str) {
     let note = client
         .next_matching(WAIT, |v| v["method"] == "newUser")
         .await
         .unwrap_or_else(|| panic!("newUser for {name}"));
     assert_eq!(note["params"]["userName"], name, "{note}");
     assert_eq!(note["params"]["roomName"], ROOM, "{note}");
+    await_counter(edge, "natter_edge_presence_names_restored_total", 1.0).await;
 }
 
 #[tokio::test]
@@ -407,13 +403,7 @@ async fn a_name_deleted_under_a_joined_session_is_put_back() {
     remove(&s.nats, &presence, &owner_key).await;
     // The room's presence check notices and puts it back; nobody else can take the name.
     await_holder(&presence, "Ann", Some("u-ann")).await;
-    await_joined_again(&mut bob, "Ann").await;
-    await_counter(
-        &s.edges[0],
-        "natter_edge_presence_names_restored_total",
-        1.0,
-    )
-    .await;
+    await_put_back(&s.edges[0], &mut bob, "Ann").await;
     refused_ann(&s).await;
     assert_eq!(
         ann.call("ping", serde_json::json!({})).await["result"],

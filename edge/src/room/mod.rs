@@ -6,7 +6,7 @@
 //! - [`live`]: a room's I/O shell: subscription task, gap repair reads, tail check.
 //! - [`coalesce`]: when a room writes what it staged (at once, or once per window).
 //! - [`tail`]: when a room checks the stream's tail (after traffic or a disruption, else
-//!   once per quiet period).
+//!   once per quiet period), and when a disruption makes it relist its names.
 //! - this file: the registry (join creates and starts a room, the last leave discards it).
 //!
 //! A room needs only [`RoomDeps`] (NATS, the stream reader, metrics, two settings), never

@@ -16,6 +16,9 @@
 //!
 //! Checking every room on every tick was most of what an idle natter cost NATS, and would
 //! be as much again under load (SCALING.md §2).
+//!
+//! The same reasoning sets when a room relists its names ([`NamesRecheck`]): a `userLeft`
+//! this edge should have received is lost only in a disruption of its connection.
 
 use std::time::Duration;
 

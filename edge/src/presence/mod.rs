@@ -47,7 +47,7 @@
 //!
 //! **Keys do not expire** (an idle session costs no writes). What a crashed edge
 //! left behind is removed by the live edges once its lease is gone; a release that could
-//! not reach the store is retried by this edge each lease period; and when this edge's own
+//! not reach the store is retried by this edge each lease period (`retry.rs`); and when this edge's own
 //! lease lapsed (NATS unreachable for a TTL), it restores its entries ([`Presence::restore`]):
 //! see [`lease`].
 //!
@@ -72,6 +72,7 @@
 
 pub mod lease;
 mod restore;
+mod retry;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -84,6 +85,8 @@ use natter_ops::{Counter, Gauge};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
+
+use retry::Unreleased;
 
 use crate::outbox::Outbox;
 
@@ -161,15 +164,6 @@ pub enum NameChange {
     Freed(String),
     /// Re-created under a session here after it was gone: `newUser`.
     HeldAgain(String),
-}
-
-/// A release that could not reach the store: retried each lease period.
-#[derive(Debug, Clone)]
-struct Unreleased {
-    session_key: String,
-    revision: u64,
-    owner_key: String,
-    sessions_filter: String,
 }
 
 /// The presence bucket as one edge uses it.
@@ -522,61 +516,6 @@ impl Presence {
         Released::Unknown
     }
 
-    fn unreleased(&self) -> MutexGuard<'_, Vec<Unreleased>> {
-        self.unreleased.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Leave a release to the retries.
-    fn defer(&self, job: Unreleased) {
-        let pending = {
-            let mut jobs = self.unreleased();
-            jobs.push(job);
-            jobs.len()
-        };
-        self.set_pending(pending);
-    }
-
-    fn set_pending(&self, pending: usize) {
-        if let Some(c) = self.counters.get() {
-            c.releases_pending
-                .set(i64::try_from(pending).unwrap_or(i64::MAX));
-        }
-    }
-
-    /// Retry the releases that could not reach the store (a name freed this way is
-    /// announced as a sweep's is: `userLeft`).
-    async fn retry_unreleased(&self) {
-        let jobs = std::mem::take(&mut *self.unreleased());
-        if jobs.is_empty() {
-            return;
-        }
-        self.count(|c| &c.release_retries, jobs.len() as u64);
-        for job in jobs {
-            // A session joined again under the same key since is not ours to remove.
-            if self.local().contains_key(&job.session_key) {
-                continue;
-            }
-            if let Err(e) = self
-                .remove_session_key(&job.session_key, job.revision)
-                .await
-            {
-                debug!(key = %job.session_key, error = %e, "release retry failed");
-                self.unreleased().push(job);
-                continue;
-            }
-            match self
-                .free_if_unheld(&job.owner_key, &job.sessions_filter, None)
-                .await
-            {
-                Released::Freed => self.freed(&job.owner_key),
-                Released::StillHeld => {}
-                Released::Unknown => self.unreleased().push(job),
-            }
-        }
-        let pending = self.unreleased().len();
-        self.set_pending(pending);
-    }
-
     /// How many session keys under a name are live.
     /// (The stream's leader lists them from its subject index; keys leave no marker when
     /// removed, so every subject listed is a key that exists.)
@@ -599,7 +538,7 @@ impl Presence {
     }
 
     /// Names currently held in a room (sorted), their owner keys, and whether the list is
-    /// complete (a room with more than [`LISTING_MAX`] names is listed in part).
+    /// complete (a room with more than `LISTING_MAX` (20,000) names is listed in part).
     pub async fn members_checked(&self, room_token: &str) -> Result<RoomNames, String> {
         let filter = subjects::presence_room_filter(room_token);
         let listed = self

@@ -5,7 +5,7 @@
 //! Every decision (stale, deliver, repair first, which members get what) is the state
 //! machine's; this file only moves bytes between NATS and it. It also keeps the members'
 //! view of who is in the room honest when an edge crashes, and this edge's members' names
-//! in presence (see [`Room::check_presence`]). One task per room, so live
+//! in presence (see `Room::check_presence`). One task per room, so live
 //! messages of a room are handled one at a time, in the order NATS delivers them; with
 //! `--coalesce-ms` that task also decides when the staged messages are written
 //! ([`super::coalesce`]).

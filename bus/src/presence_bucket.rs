@@ -202,7 +202,11 @@ mod tests {
     #[tokio::test]
     async fn name_holder_reads_owner_keys_only() {
         let nats = natter_testkit::NatsServer::start().await;
-        let client = async_nats::connect(nats.url()).await.unwrap();
+        // (Once in a clean-clone CI run this connect was refused right after the port
+        // answered; the server's log says why if it happens again.)
+        let client = async_nats::connect(nats.url())
+            .await
+            .unwrap_or_else(|e| panic!("connect: {e}\nnats-server log:\n{}", nats.log()));
         let js = jetstream::new(client);
         let args = StreamArgs {
             presence_ttl_secs: 30,
@@ -236,7 +240,11 @@ mod tests {
     #[tokio::test]
     async fn a_bucket_from_before_leases_is_made_again() {
         let nats = natter_testkit::NatsServer::start().await;
-        let client = async_nats::connect(nats.url()).await.unwrap();
+        // (Once in a clean-clone CI run this connect was refused right after the port
+        // answered; the server's log says why if it happens again.)
+        let client = async_nats::connect(nats.url())
+            .await
+            .unwrap_or_else(|e| panic!("connect: {e}\nnats-server log:\n{}", nats.log()));
         let js = jetstream::new(client);
         // What edges from before leases created: entries expire by the bucket's max age.
         let old = js

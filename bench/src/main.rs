@@ -73,10 +73,19 @@ fn main() -> anyhow::Result<()> {
     locate_binaries();
     procs::raise_fd_limit();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("start the tokio runtime")?;
+    // A big-room worker is one of several processes sharing the machine's cores: one thread
+    // each, so a burst's wake-ups are not handed between threads of the same process (a
+    // third less generator CPU per delivery than with two threads).
+    let rt = if matches!(cli.scenario, Scenario::Worker(_)) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    }
+    .context("start the tokio runtime")?;
     rt.block_on(async move {
         match cli.scenario {
             Scenario::Fanout(a) => scenarios::fanout("fanout", &a).await.print(a.json),

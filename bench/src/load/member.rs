@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::{histogram, mono_ns, room_name, LoadSpec, MemberResult, Phase};
+use super::{mono_ns, room_name, LoadSpec, MemberResult, Phase};
 use crate::dialect::Incoming;
 use crate::pacing::{phase, RetryBackoff};
 use crate::wsclient::{Conn, Event};
@@ -73,7 +73,7 @@ pub(super) async fn member(
         room: m.room,
         received: HashSet::new(),
         duplicates: 0,
-        latency: histogram(),
+        latency: Vec::new(),
         acked: Vec::new(),
         sent: 0,
         refused: 0,
@@ -248,7 +248,7 @@ pub(super) async fn member(
                     res.last_rx = Some(now);
                     if let Some(sent) = sent_ns {
                         let us = now.saturating_sub(sent) / 1000;
-                        let _ = res.latency.record(us.max(1));
+                        res.latency.push(u32::try_from(us).unwrap_or(u32::MAX));
                         if spec.per_message {
                             res.receipts.push((n, now, sent));
                         }

@@ -98,7 +98,10 @@ pub struct MemberResult {
     room: usize,
     received: HashSet<u64>,
     duplicates: u64,
-    latency: Histogram<u64>,
+    /// Send → receipt of each new delivery, µs. A plain list, merged into one histogram by
+    /// [`account`]: a histogram per member is a ~150 KiB table at this range and precision,
+    /// so with thousands of members every record was a cache miss in a table of its own.
+    latency: Vec<u32>,
     acked: Vec<u64>,
     sent: u64,
     refused: u64,
@@ -110,13 +113,13 @@ pub struct MemberResult {
     receipts: Vec<(u64, u64, u64)>,
 }
 
-/// A [`MemberResult`] as a worker process reports it (histogram as value/count pairs).
+/// A [`MemberResult`] as a worker process reports it.
 #[derive(Serialize, Deserialize)]
 pub struct MemberWire {
     room: usize,
     received: Vec<u64>,
     duplicates: u64,
-    latency: Vec<(u64, u64)>,
+    latency: Vec<u32>,
     acked: Vec<u64>,
     sent: u64,
     refused: u64,
@@ -126,22 +129,13 @@ pub struct MemberWire {
     receipts: Vec<(u64, u64, u64)>,
 }
 
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 120_000_000, 3)
-        .unwrap_or_else(|_| Histogram::new(3).expect("histogram"))
-}
-
 impl From<&MemberResult> for MemberWire {
     fn from(r: &MemberResult) -> Self {
         MemberWire {
             room: r.room,
             received: r.received.iter().copied().collect(),
             duplicates: r.duplicates,
-            latency: r
-                .latency
-                .iter_recorded()
-                .map(|v| (v.value_iterated_to(), v.count_at_value()))
-                .collect(),
+            latency: r.latency.clone(),
             acked: r.acked.clone(),
             sent: r.sent,
             refused: r.refused,
@@ -155,15 +149,11 @@ impl From<&MemberResult> for MemberWire {
 
 impl From<MemberWire> for MemberResult {
     fn from(w: MemberWire) -> Self {
-        let mut latency = histogram();
-        for (v, c) in w.latency {
-            let _ = latency.record_n(v.max(1), c);
-        }
         MemberResult {
             room: w.room,
             received: w.received.into_iter().collect(),
             duplicates: w.duplicates,
-            latency,
+            latency: w.latency,
             acked: w.acked,
             sent: w.sent,
             refused: w.refused,
@@ -374,7 +364,9 @@ pub fn account(spec: &LoadSpec, results: Vec<MemberResult>, t0: u64) -> LoadResu
         out.reconnects += r.reconnects;
         out.rejoins.extend(r.rejoins.iter().copied());
         if let Some(h) = hist.as_mut() {
-            let _ = h.add(&r.latency);
+            for &us in &r.latency {
+                let _ = h.record(u64::from(us).max(1));
+            }
         }
     }
     for (room, acked) in &acked_by_room {
@@ -436,7 +428,7 @@ mod tests {
             room,
             received: received.iter().copied().collect(),
             duplicates,
-            latency: Histogram::new(3).unwrap(),
+            latency: Vec::new(),
             acked: acked.to_vec(),
             sent: acked.len() as u64,
             refused: 0,

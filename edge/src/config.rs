@@ -142,8 +142,10 @@ pub struct Config {
 
     /// Seconds between a room's check of its names against presence: announces names that
     /// left without a `userLeft` (none normally: the sweep of a crashed edge announces its
-    /// names) and puts back a name deleted under a session here. After a disruption of the
-    /// edge's NATS connection every room checks at its next two tail-check ticks as well.
+    /// names) and puts back a name deleted under a session here. A name is announced gone
+    /// when two listings in a row miss it; the second comes at the next tail-check tick. After
+    /// a disruption of the edge's NATS connection every room checks at its next two
+    /// tail-check ticks as well.
     #[arg(long, env = "NATTER_PRESENCE_CHECK_SECS", default_value_t = 120)]
     pub presence_check_secs: u64,
 

@@ -2,7 +2,8 @@
 //! write nothing, a dead lease's names are freed by a live edge (`userLeft`), a lapsed
 //! lease is taken again without losing a name (`newUser` for those put back), a release
 //! made while NATS was down is retried and announced, a name gone without an announcement
-//! is announced after a reconnect, and a restore round (spread over time, working from a
+//! is announced after a reconnect (and, found by the periodic listing, one tick after it
+//! is first missed), and a restore round (spread over time, working from a
 //! snapshot) never brings back a name whose last session left during it.
 
 mod common;
@@ -506,5 +507,43 @@ async fn a_name_gone_without_an_announcement_is_announced_after_a_reconnect() {
     assert_eq!(
         ann.call("ping", serde_json::json!({})).await["result"],
         "pong"
+    );
+}
+
+#[tokio::test]
+async fn a_name_first_missed_by_the_periodic_check_is_confirmed_at_the_next_tick() {
+    // Names listed every 8 s, ticks every second (the tests' `--tail-check-secs`).
+    const PERIOD: Duration = Duration::from_secs(8);
+    let s = stack(1, &["--presence-check-secs", "8"]).await;
+    let (_js, presence, _leases) = buckets(&s.nats).await;
+    // Zed's name goes with no `userLeft` (its announcement was lost) and nothing left to
+    // sweep; only the room's listings can find out.
+    let owner = serde_json::to_vec(&natter_bus::Owner {
+        user_id: "u-zed".into(),
+        user_name: "Zed".into(),
+    })
+    .expect("json");
+    let owner_key = subjects::presence_owner_key(&room_token(), &user_token("Zed"));
+    presence.put(&owner_key, owner.into()).await.expect("owner");
+    let started = std::time::Instant::now();
+    let (mut ann, w) = joined(&s.edges[0], ROOM, "u-ann", "Ann").await;
+    assert_eq!(
+        w["params"]["members"],
+        serde_json::json!(["Ann", "Zed"]),
+        "{w}"
+    );
+    remove(&s.nats, &presence, &owner_key).await;
+    let left = ann
+        .next_matching(PERIOD * 4, |v| v["method"] == "userLeft")
+        .await
+        .expect("userLeft for Zed");
+    assert_eq!(left["params"]["userName"], "Zed", "{left}");
+    // The room started after `started`, and its periodic listings come PERIOD apart: with
+    // two of them needed, the announcement could not come before 2 × PERIOD. The
+    // confirmation at the next tick brings it about one second after the first.
+    let took = started.elapsed();
+    assert!(
+        took < PERIOD * 2,
+        "announced after {took:?}: the miss was confirmed by a second periodic listing, not at the next tick"
     );
 }

@@ -289,35 +289,38 @@ impl Room {
         }
     }
 
-    /// Every `--presence-check-secs`, and at the two ticks after a disruption of the edge's
-    /// NATS connection ([`NamesRecheck`]): a name the members know of that two checks in a
+    /// Every `--presence-check-secs`, at the two ticks after a disruption of the edge's
+    /// NATS connection, and at the tick after a listing that first missed a name
+    /// ([`NamesRecheck`]): a name the members know of that two checks in a
     /// row did not find in presence is announced as left, to this edge's members (every
     /// edge with members does the same for its own). A safety net: a name that left
     /// normally is announced by its edge, and a crashed edge's names by the edge that
     /// sweeps them, so such names never reach a second check; this one catches an
     /// announcement that was lost on the way. Names of this edge's members missing from a
     /// complete listing are put back first ([`crate::presence::Presence::repair_room`]).
-    /// False when presence could not be listed.
-    async fn check_presence(&self, deps: &RoomDeps) -> bool {
+    /// `None` when presence could not be listed, else whether a name was missed for the
+    /// first time (the caller lists again at the next tick to confirm it).
+    async fn check_presence(&self, deps: &RoomDeps) -> Option<bool> {
         deps.metrics.name_checks.inc();
         let held = match deps.presence.members_checked(&self.token).await {
             Ok(r) => r,
             Err(e) => {
                 debug!(error = %e, "presence check failed");
-                return false;
+                return None;
             }
         };
         if !held.complete {
-            return true; // a partial list proves no absence
+            return Some(false); // a partial list proves no absence
         }
         deps.presence.repair_room(&self.token, &held).await;
         let present: HashSet<String> = held.names.into_iter().collect();
-        let gone: Vec<String> = {
+        let (gone, suspect): (Vec<String>, bool) = {
             let mut names = self.names();
             for n in &present {
                 names.insert(n.clone(), 0);
             }
             let mut gone = Vec::new();
+            let mut suspect = false;
             names.retain(|name, missed| {
                 if present.contains(name) {
                     return true;
@@ -327,9 +330,10 @@ impl Room {
                     gone.push(name.clone());
                     return false;
                 }
+                suspect = true;
                 true
             });
-            gone
+            (gone, suspect)
         };
         for name in gone {
             info!(user = %name, "name gone from presence (its edge is gone); telling the room");
@@ -342,7 +346,7 @@ impl Room {
             let queued = self.delivery().broadcast_event(&wire::text(&note), None);
             deps.metrics.frames_out.inc_by(queued);
         }
-        true
+        Some(suspect)
     }
 
     /// Compare the room with the stream's tail and repair what it lacks; false when the
@@ -441,14 +445,19 @@ async fn run(room: Arc<Room>, deps: Arc<RoomDeps>, mut sub: async_nats::Subscrib
                 if tail.tick(now, epoch) && Box::pin(room.check_tail(&deps)).await {
                     tail.checked(now, epoch);
                 }
-                if names_recheck.tick(deps.disruptions.connection_epoch())
-                    && Box::pin(room.check_presence(&deps)).await
-                {
-                    names_recheck.listed();
+                if names_recheck.tick(deps.disruptions.connection_epoch()) {
+                    if let Some(suspect) = Box::pin(room.check_presence(&deps)).await {
+                        names_recheck.listed();
+                        if suspect {
+                            names_recheck.confirm();
+                        }
+                    }
                 }
             }
             _ = names_tick.tick() => {
-                Box::pin(room.check_presence(&deps)).await;
+                if Box::pin(room.check_presence(&deps)).await == Some(true) {
+                    names_recheck.confirm();
+                }
             }
         }
     }

@@ -71,10 +71,11 @@ impl TailSchedule {
     }
 }
 
-/// When a room lists its names because its edge's NATS connection was disrupted (a
-/// `userLeft` on its way may have been lost): at the first tick after the disruption and at
-/// the one after it, since a name is announced gone only when two listings in a row miss
-/// it. (Otherwise a room lists them every `--presence-check-secs`.)
+/// When a room lists its names besides every `--presence-check-secs`: at the first tick
+/// after a disruption of its edge's NATS connection (a `userLeft` on its way may have been
+/// lost) and at the one after it, since a name is announced gone only when two listings in
+/// a row miss it; and at the tick after any listing that missed a name for the first time
+/// ([`NamesRecheck::confirm`]).
 #[derive(Debug)]
 pub struct NamesRecheck {
     /// The connection-disruption count last seen.
@@ -100,6 +101,14 @@ impl NamesRecheck {
     /// A listing succeeded (a failed one is owed still).
     pub fn listed(&mut self) {
         self.owed = self.owed.saturating_sub(1);
+    }
+
+    /// A listing (by either path) missed a name the members know of for the first time:
+    /// the confirming listing is owed at the next tick, not a whole
+    /// `--presence-check-secs` later, so a name whose `userLeft` was lost is announced
+    /// about one tick after the listing that first misses it.
+    pub fn confirm(&mut self) {
+        self.owed = self.owed.max(1);
     }
 }
 
@@ -220,5 +229,23 @@ mod tests {
         assert!(r.tick(7));
         r.listed();
         assert!(!r.tick(7));
+    }
+
+    #[test]
+    fn a_first_miss_is_confirmed_at_the_next_tick() {
+        let mut r = NamesRecheck::new(0);
+        assert!(!r.tick(0));
+        // The periodic listing missed a name: one more listing, at the next tick.
+        r.confirm();
+        assert!(r.tick(0));
+        r.listed();
+        assert!(!r.tick(0));
+        // A miss during a disruption's two listings owes no third.
+        assert!(r.tick(1));
+        r.confirm();
+        r.listed();
+        assert!(r.tick(1));
+        r.listed();
+        assert!(!r.tick(1));
     }
 }

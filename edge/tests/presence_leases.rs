@@ -466,14 +466,11 @@ async fn a_release_while_nats_is_down_is_retried_and_announced() {
     );
 }
 
-#[tokio::test]
-async fn a_name_gone_without_an_announcement_is_announced_after_a_reconnect() {
-    // No periodic presence check in this test's lifetime: the reconnect must make the room
-    // list its names.
-    let mut s = stack(1, &["--presence-check-secs", "3600"]).await;
+/// Zed holds a name when Ann joins (her room starts then and knows Zed); then the name
+/// goes with no `userLeft` (as when its announcement was lost) and no session or lease is
+/// left to sweep: only the room's listings can find out. Returns Ann.
+async fn ann_sees_zed_go_silently(s: &Stack) -> ChatClient {
     let (_js, presence, _leases) = buckets(&s.nats).await;
-    // Zed holds a name when Ann's room starts; then the name goes with no `userLeft`
-    // (as when its announcement was lost), and no session or lease is left to sweep.
     let owner = serde_json::to_vec(&natter_bus::Owner {
         user_id: "u-zed".into(),
         user_name: "Zed".into(),
@@ -481,13 +478,22 @@ async fn a_name_gone_without_an_announcement_is_announced_after_a_reconnect() {
     .expect("json");
     let owner_key = subjects::presence_owner_key(&room_token(), &user_token("Zed"));
     presence.put(&owner_key, owner.into()).await.expect("owner");
-    let (mut ann, w) = joined(&s.edges[0], ROOM, "u-ann", "Ann").await;
+    let (ann, w) = joined(&s.edges[0], ROOM, "u-ann", "Ann").await;
     assert_eq!(
         w["params"]["members"],
         serde_json::json!(["Ann", "Zed"]),
         "{w}"
     );
     remove(&s.nats, &presence, &owner_key).await;
+    ann
+}
+
+#[tokio::test]
+async fn a_name_gone_without_an_announcement_is_announced_after_a_reconnect() {
+    // No periodic presence check in this test's lifetime: the reconnect must make the room
+    // list its names.
+    let mut s = stack(1, &["--presence-check-secs", "3600"]).await;
+    let mut ann = ann_sees_zed_go_silently(&s).await;
     let before = s.edges[0]
         .metric("natter_edge_name_checks_total")
         .await
@@ -515,24 +521,8 @@ async fn a_name_first_missed_by_the_periodic_check_is_confirmed_at_the_next_tick
     // Names listed every 8 s, ticks every second (the tests' `--tail-check-secs`).
     const PERIOD: Duration = Duration::from_secs(8);
     let s = stack(1, &["--presence-check-secs", "8"]).await;
-    let (_js, presence, _leases) = buckets(&s.nats).await;
-    // Zed's name goes with no `userLeft` (its announcement was lost) and nothing left to
-    // sweep; only the room's listings can find out.
-    let owner = serde_json::to_vec(&natter_bus::Owner {
-        user_id: "u-zed".into(),
-        user_name: "Zed".into(),
-    })
-    .expect("json");
-    let owner_key = subjects::presence_owner_key(&room_token(), &user_token("Zed"));
-    presence.put(&owner_key, owner.into()).await.expect("owner");
     let started = std::time::Instant::now();
-    let (mut ann, w) = joined(&s.edges[0], ROOM, "u-ann", "Ann").await;
-    assert_eq!(
-        w["params"]["members"],
-        serde_json::json!(["Ann", "Zed"]),
-        "{w}"
-    );
-    remove(&s.nats, &presence, &owner_key).await;
+    let mut ann = ann_sees_zed_go_silently(&s).await;
     let left = ann
         .next_matching(PERIOD * 4, |v| v["method"] == "userLeft")
         .await

@@ -19,7 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 use crate::dialect::Dialect;
-use crate::load::{self, LoadSpec, MemberResult, MemberWire};
+use crate::load::{self, LoadSpec, MemberResult};
 use crate::procs;
 use crate::report::{cpu_snapshot, round, Report};
 use crate::scenarios::BigRoomArgs;
@@ -40,7 +40,7 @@ pub struct WorkerArgs {
 struct WorkerReport {
     joined: usize,
     cpu_s: f64,
-    members: Vec<MemberWire>,
+    members: Vec<MemberResult>,
 }
 
 /// The worker side: join, report ready, wait for go, run, print the records.
@@ -72,7 +72,7 @@ pub async fn worker(a: &WorkerArgs) -> anyhow::Result<()> {
     let report = WorkerReport {
         joined: joined.get(),
         cpu_s: procs::cpu_seconds(std::process::id()).unwrap_or(0.0),
-        members: results.iter().map(MemberWire::from).collect(),
+        members: results,
     };
     println!("{}", serde_json::to_string(&report)?);
     // Connections stay open until the parent has its CPU figures (every leave notifies the
@@ -162,7 +162,7 @@ pub async fn run_workers(
         let r: WorkerReport =
             serde_json::from_str(&line).map_err(|e| anyhow::anyhow!("worker report: {e}"))?;
         cpu += r.cpu_s;
-        members.extend(r.members.into_iter().map(MemberResult::from));
+        members.extend(r.members);
     }
     for (mut c, _) in children {
         if let Some(stdin) = c.stdin.as_mut() {

@@ -12,7 +12,7 @@
 //! processes ([`run_share`]) and merged ([`account`]).
 //!
 //! - this file: the load's spec, running it (in one process or one share of several), the
-//!   members' records and their wire form between processes, and the accounting;
+//!   members' records (sent between processes as JSON), and the accounting;
 //! - `member.rs`: one member's client loop (join, read, send, resume, resend, leave).
 
 use std::collections::{HashMap, HashSet};
@@ -93,7 +93,8 @@ pub struct LoadResult {
     pub room_size: usize,
 }
 
-/// One member's record; [`MemberWire`] is its form between processes.
+/// One member's record; worker processes send it to the parent as JSON.
+#[derive(Serialize, Deserialize)]
 pub struct MemberResult {
     room: usize,
     received: HashSet<u64>,
@@ -111,58 +112,6 @@ pub struct MemberResult {
     rejoins: Vec<u64>,
     /// (message, received at, sent at) with `per_message`.
     receipts: Vec<(u64, u64, u64)>,
-}
-
-/// A [`MemberResult`] as a worker process reports it.
-#[derive(Serialize, Deserialize)]
-pub struct MemberWire {
-    room: usize,
-    received: Vec<u64>,
-    duplicates: u64,
-    latency: Vec<u32>,
-    acked: Vec<u64>,
-    sent: u64,
-    refused: u64,
-    reconnects: u64,
-    last_rx: Option<u64>,
-    rejoins: Vec<u64>,
-    receipts: Vec<(u64, u64, u64)>,
-}
-
-impl From<&MemberResult> for MemberWire {
-    fn from(r: &MemberResult) -> Self {
-        MemberWire {
-            room: r.room,
-            received: r.received.iter().copied().collect(),
-            duplicates: r.duplicates,
-            latency: r.latency.clone(),
-            acked: r.acked.clone(),
-            sent: r.sent,
-            refused: r.refused,
-            reconnects: r.reconnects,
-            last_rx: r.last_rx,
-            rejoins: r.rejoins.clone(),
-            receipts: r.receipts.clone(),
-        }
-    }
-}
-
-impl From<MemberWire> for MemberResult {
-    fn from(w: MemberWire) -> Self {
-        MemberResult {
-            room: w.room,
-            received: w.received.into_iter().collect(),
-            duplicates: w.duplicates,
-            latency: w.latency,
-            acked: w.acked,
-            sent: w.sent,
-            refused: w.refused,
-            reconnects: w.reconnects,
-            last_rx: w.last_rx,
-            rejoins: w.rejoins,
-            receipts: w.receipts,
-        }
-    }
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: one clock for every process on the machine, so a
@@ -465,12 +414,12 @@ mod tests {
             member(1, &[3], 0, &[3]),
             member(1, &[3], 1, &[]),
         ];
-        // Through the worker wire form and back: nothing is lost on the way.
+        // Through JSON (as a worker reports them) and back: nothing is lost on the way.
         let members: Vec<MemberResult> = members
             .iter()
             .map(|m| {
-                let w = serde_json::to_string(&MemberWire::from(m)).unwrap();
-                serde_json::from_str::<MemberWire>(&w).unwrap().into()
+                let w = serde_json::to_string(m).unwrap();
+                serde_json::from_str::<MemberResult>(&w).unwrap()
             })
             .collect();
         let r = account(&spec, members, 0);

@@ -84,6 +84,14 @@ pub struct Config {
     #[arg(long, env = "NATTER_COALESCE_MS", default_value_t = 0)]
     pub coalesce_ms: u64,
 
+    /// With `--coalesce-ms`: coalesce only while the edge is behind, i.e. once its
+    /// scheduling lag (how long a task that yields waits for the runtime to run everything
+    /// ready, sampled every 10 ms) reaches this many milliseconds, until it has stayed under
+    /// half of it for half a second. While the edge keeps up, every message goes out at once.
+    /// 0: coalesce always. At most 1000.
+    #[arg(long, env = "NATTER_COALESCE_LAG_MS", default_value_t = 0)]
+    pub coalesce_lag_ms: u64,
+
     /// Requests per second one socket may send (token bucket refill rate).
     #[arg(long, env = "NATTER_RATE_PER_SEC", default_value_t = 50.0)]
     pub rate_per_sec: f64,
@@ -257,6 +265,9 @@ impl natter_ops::ServiceConfig for Config {
                 "--coalesce-ms must be at most 1000 (it delays busy rooms' messages)".into(),
             );
         }
+        if self.coalesce_lag_ms > 1000 {
+            return Err("--coalesce-lag-ms must be at most 1000".into());
+        }
         if self.idle_timeout_secs <= self.ping_interval_secs {
             return Err(
                 "--idle-timeout-secs must exceed --ping-interval-secs (pings keep a quiet client alive)"
@@ -350,6 +361,7 @@ mod tests {
         assert!(c.validate().is_ok());
         assert_eq!(c.ops.log_format, natter_ops::LogFormat::Text);
         assert_eq!(c.coalesce_ms, 0, "no write is delayed unless asked for");
+        assert_eq!(c.coalesce_lag_ms, 0, "a window, once asked for, applies always");
         let c = Config::try_parse_from(["natter-edge", "--coalesce-ms", "1000"]).unwrap();
         assert!(c.validate().is_ok());
         for bad in [
@@ -357,6 +369,7 @@ mod tests {
             ["--outbound-queue", "0"],
             ["--idle-timeout-secs", "10"],
             ["--coalesce-ms", "1001"],
+            ["--coalesce-lag-ms", "1001"],
         ] {
             let c = Config::try_parse_from(["natter-edge", bad[0], bad[1]]).unwrap();
             assert!(c.validate().is_err(), "{bad:?}");

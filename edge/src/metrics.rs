@@ -12,6 +12,8 @@ pub struct Metrics {
     pub members: Gauge,
     pub draining: Gauge,
     pub stream_drift: Gauge,
+    pub coalescing: Gauge,
+    pub sched_lag_us: Gauge,
     pub connections_accepted: Counter,
     pub connections_rejected: Counter,
     pub messages_in: Counter,
@@ -61,6 +63,14 @@ impl Metrics {
             stream_drift: r.gauge(
                 "natter_edge_stream_drift",
                 "Settings of the CHAT stream that differ from this edge's (0: none; not ready otherwise).",
+            ),
+            coalescing: r.gauge(
+                "natter_edge_coalescing",
+                "1 while rooms coalesce their writes (--coalesce-ms; with --coalesce-lag-ms only while the edge is behind).",
+            ),
+            sched_lag_us: r.gauge(
+                "natter_edge_sched_lag_microseconds",
+                "Latest scheduling lag sample (--coalesce-lag-ms only): how long a yielded task waited to run again.",
             ),
             connections_accepted: r.counter(
                 "natter_edge_connections_accepted_total",

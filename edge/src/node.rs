@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::presence::{NameChange, Presence};
+use crate::room::pressure::Pressure;
 use crate::room::{RoomDeps, Rooms};
 
 /// How often the CHAT stream is compared with this edge's settings.
@@ -144,6 +145,18 @@ impl Node {
             disruptions,
             presence_check: Duration::from_secs(config.presence_check_secs.max(1)),
             coalesce: Duration::from_millis(config.coalesce_ms),
+            pressure: if config.coalesce_ms > 0 && config.coalesce_lag_ms > 0 {
+                Pressure::probe(
+                    Duration::from_millis(config.coalesce_lag_ms),
+                    metrics.sched_lag_us.clone(),
+                    metrics.coalescing.clone(),
+                )
+            } else {
+                if config.coalesce_ms > 0 {
+                    metrics.coalescing.set(1);
+                }
+                Pressure::always()
+            },
             presence: presence.clone(),
         });
         let node = Arc::new(Node {

@@ -60,14 +60,37 @@ async fn every_documented_metric_is_served_and_counters_move() {
 /// observed when a message is written.
 #[tokio::test]
 async fn a_coalescing_room_writes_once_per_window_and_loses_nothing() {
-    let s = stack(1, &["--coalesce-ms", "1000"]).await;
+    let (writes, coalescing) = six_messages_50_ms_apart(&["--coalesce-ms", "1000"]).await;
+    // Without coalescing each message, 50 ms after the last, is a write of its own (6).
+    // With it: the first at once, the other five together at the window's end (2; 3 if a
+    // stalled machine let the window close between two of them).
+    assert!((2.0..=3.0).contains(&writes), "room writes: {writes}");
+    assert_eq!(coalescing, 1.0, "a window alone applies always");
+}
+
+/// `--coalesce-lag-ms`: the window applies only while the edge is behind; an edge that
+/// keeps up (its scheduling lag is far under the 1 s threshold) writes every message at
+/// once, and says it does not coalesce.
+#[tokio::test]
+async fn an_edge_that_keeps_up_does_not_coalesce_with_a_lag_threshold() {
+    let (writes, coalescing) =
+        six_messages_50_ms_apart(&["--coalesce-ms", "1000", "--coalesce-lag-ms", "1000"]).await;
+    assert_eq!(writes, 6.0, "each message written at once");
+    assert_eq!(coalescing, 0.0);
+}
+
+/// Six messages 50 ms apart in one room of two, on an edge started with `flags`: each
+/// member gets all six once and in order, each counted and its lag observed once. Returns
+/// the room writes they took and the `natter_edge_coalescing` gauge.
+async fn six_messages_50_ms_apart(flags: &[&str]) -> (f64, f64) {
+    let s = stack(1, flags).await;
     let edge = &s.edges[0];
     let room = "Busy Room";
     let (mut sender, _) = joined(edge, room, "u-1", "Ann").await;
     let (mut reader, _) = joined(edge, room, "u-2", "Bob").await;
     let before = scrape(edge).await;
 
-    // Six messages 50 ms apart: the first opens a 1 s window, the other five fall inside it.
+    // With a 1 s window the first opens it and the other five fall inside it.
     for i in 0..6 {
         sender
             .send_message(room, "u-1", "Ann", "hi", &format!("c-{i}"))
@@ -85,11 +108,12 @@ async fn a_coalescing_room_writes_once_per_window_and_loses_nothing() {
     let delta = |name: &str| {
         after.value(name, &[]).unwrap_or(f64::NAN) - before.value(name, &[]).unwrap_or(0.0)
     };
-    // Without coalescing each message, 50 ms after the last, is a write of its own (6).
-    // With it: the first at once, the other five together at the window's end (2; 3 if a
-    // stalled machine let the window close between two of them).
-    let writes = delta("natter_edge_fanout_seconds_count");
-    assert!((2.0..=3.0).contains(&writes), "room writes: {writes}");
     assert_eq!(delta("natter_edge_room_messages_total"), 6.0);
     assert_eq!(delta("natter_edge_delivery_lag_seconds_count"), 6.0);
+    (
+        delta("natter_edge_fanout_seconds_count"),
+        after
+            .value("natter_edge_coalescing", &[])
+            .unwrap_or(f64::NAN),
+    )
 }

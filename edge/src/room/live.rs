@@ -417,7 +417,7 @@ async fn run(room: Arc<Room>, deps: Arc<RoomDeps>, mut sub: async_nats::Subscrib
                     // staged room messages counts as a write.
                     if room.delivery().has_staged() {
                         tail.stir();
-                        if coalesce.staged(tokio::time::Instant::now()) {
+                        if coalesce.staged(tokio::time::Instant::now(), deps.pressure.engaged()) {
                             room.flush(&deps);
                         } else if let Some(due) = coalesce.due() {
                             window_end.as_mut().reset(due);

@@ -4,7 +4,8 @@
 //! - [`delivery`]: the sans-IO state machine (last sequence, seams, gaps, buffering) that
 //!   decides who gets what; unit- and property-tested on its own.
 //! - [`live`]: a room's I/O shell: subscription task, gap repair reads, tail check.
-//! - [`coalesce`]: when a room writes what it staged (at once, or once per window).
+//! - [`coalesce`]: when a room writes what it staged (at once, or once per window);
+//!   [`pressure`]: whether the edge is behind, for coalescing only then.
 //! - [`tail`]: when a room checks the stream's tail (after traffic or a disruption, else
 //!   once per quiet period), and when a disruption makes it relist its names.
 //! - this file: the registry (join creates and starts a room, the last leave discards it).
@@ -15,6 +16,7 @@
 pub mod coalesce;
 pub mod delivery;
 pub mod live;
+pub mod pressure;
 pub mod tail;
 
 use std::collections::HashMap;
@@ -48,6 +50,9 @@ pub struct RoomDeps {
     /// A room writes to its sockets at most once per this window (zero: at once); see
     /// `--coalesce-ms`.
     pub coalesce: Duration,
+    /// Whether the window applies now: always, or while the edge is behind
+    /// (`--coalesce-lag-ms`).
+    pub pressure: Arc<pressure::Pressure>,
     /// Who holds which name: a room tells its members about names that vanished without a
     /// `userLeft` reaching them.
     pub presence: Arc<Presence>,

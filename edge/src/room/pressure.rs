@@ -1,0 +1,224 @@
+//! Whether the edge is behind, for `--coalesce-lag-ms`: write coalescing that costs a busy
+//! room up to a window of latency only while the edge cannot keep up, and nothing when it
+//! can.
+//!
+//! The signal is the edge's **scheduling lag**: every [`PERIOD`] a probe task yields and
+//! measures how long it waits to run again. Tokio runs a yielded task only once its worker
+//! has run every task that was ready and polled the sockets, so the wait is how far behind
+//! the edge's work is: tens of microseconds on an edge that keeps up, milliseconds on one
+//! whose cores are saturated (its own work, or a CPU limit, or a neighbour on the node).
+//!
+//! The rule ([`LagRule`], clock-free so it is tested with made-up instants): one sample at
+//! or over the threshold engages coalescing; it disengages after [`CALM`] (half a second)
+//! of samples under half the threshold. Engaging at once keeps a saturated edge from
+//! falling further behind; the slower release keeps it from flapping while coalescing
+//! itself is what made it keep up.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use natter_ops::Gauge;
+use tokio::time::Instant;
+
+/// How often the probe samples the lag.
+pub const PERIOD: Duration = Duration::from_millis(10);
+/// How long the lag must stay under half the threshold before coalescing stops.
+pub const CALM: Duration = Duration::from_millis(500);
+
+/// When rooms coalesce their writes (with `--coalesce-ms`): always, or only while the
+/// edge is behind (`--coalesce-lag-ms`).
+pub struct Pressure {
+    /// No threshold: coalesce always.
+    always: bool,
+    behind: AtomicBool,
+}
+
+impl Pressure {
+    /// Coalesce always (`--coalesce-lag-ms 0`).
+    pub fn always() -> Arc<Pressure> {
+        Arc::new(Pressure {
+            always: true,
+            behind: AtomicBool::new(false),
+        })
+    }
+
+    /// Coalesce while the scheduling lag says the edge is behind; starts the probe task,
+    /// which reports the lag (µs) and the state (0/1) on the two gauges.
+    pub fn probe(threshold: Duration, lag_us: Gauge, engaged: Gauge) -> Arc<Pressure> {
+        let p = Arc::new(Pressure {
+            always: false,
+            behind: AtomicBool::new(false),
+        });
+        tokio::spawn(run_probe(
+            p.clone(),
+            LagRule::new(threshold),
+            lag_us,
+            engaged,
+        ));
+        p
+    }
+
+    /// Whether rooms coalesce now.
+    pub fn engaged(&self) -> bool {
+        self.always || self.behind.load(Ordering::Relaxed)
+    }
+}
+
+async fn run_probe(p: Arc<Pressure>, mut rule: LagRule, lag_us: Gauge, engaged: Gauge) {
+    let mut tick = tokio::time::interval(PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Lives as long as the edge: one sample per tick.
+    loop {
+        tick.tick().await;
+        let t0 = std::time::Instant::now();
+        tokio::task::yield_now().await;
+        let lag = t0.elapsed();
+        lag_us.set(i64::try_from(lag.as_micros()).unwrap_or(i64::MAX));
+        let behind = rule.sample(Instant::now(), lag);
+        if p.behind.swap(behind, Ordering::Relaxed) != behind {
+            engaged.set(i64::from(behind));
+            tracing::debug!(
+                behind,
+                lag_us = lag.as_micros() as u64,
+                "write coalescing {}",
+                if behind { "engaged" } else { "released" }
+            );
+        }
+    }
+}
+
+/// The rule that turns lag samples into engaged or not; see the module doc.
+#[derive(Debug)]
+pub struct LagRule {
+    threshold: Duration,
+    behind: bool,
+    /// Since when every sample was under half the threshold, while engaged.
+    calm_since: Option<Instant>,
+}
+
+impl LagRule {
+    pub fn new(threshold: Duration) -> Self {
+        LagRule {
+            threshold,
+            behind: false,
+            calm_since: None,
+        }
+    }
+
+    /// A sample of `lag` taken at `now`: whether the edge counts as behind.
+    pub fn sample(&mut self, now: Instant, lag: Duration) -> bool {
+        if lag >= self.threshold {
+            self.behind = true;
+            self.calm_since = None;
+        } else if self.behind {
+            if lag < self.threshold / 2 {
+                let since = *self.calm_since.get_or_insert(now);
+                if now.duration_since(since) >= CALM {
+                    self.behind = false;
+                    self.calm_since = None;
+                }
+            } else {
+                self.calm_since = None;
+            }
+        }
+        self.behind
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LagRule, Pressure, CALM};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn one_late_sample_engages_and_calm_samples_release() {
+        let mut r = LagRule::new(2 * MS);
+        let t = Instant::now();
+        assert!(
+            !r.sample(t, Duration::from_micros(40)),
+            "an edge that keeps up"
+        );
+        assert!(!r.sample(t + 10 * MS, 1900 * Duration::from_micros(1)));
+        assert!(r.sample(t + 20 * MS, 2 * MS), "at the threshold: behind");
+        // Calm samples: still engaged until CALM has passed since the first of them.
+        assert!(r.sample(t + 30 * MS, Duration::from_micros(100)));
+        assert!(r.sample(t + 30 * MS + CALM - MS, Duration::from_micros(100)));
+        assert!(!r.sample(t + 30 * MS + CALM, Duration::from_micros(100)));
+        assert!(!r.sample(t + 40 * MS + CALM, 1500 * Duration::from_micros(1)));
+    }
+
+    #[test]
+    fn a_sample_between_half_and_the_threshold_restarts_the_calm() {
+        let mut r = LagRule::new(2 * MS);
+        let t = Instant::now();
+        assert!(r.sample(t, 5 * MS));
+        assert!(r.sample(t + 10 * MS, Duration::from_micros(200)));
+        // Not late enough to engage, not calm enough to count towards releasing.
+        assert!(r.sample(t + 500 * MS, 1500 * Duration::from_micros(1)));
+        assert!(r.sample(t + 10 * MS + CALM, Duration::from_micros(200)));
+        assert!(r.sample(t + 500 * MS + CALM, Duration::from_micros(200)));
+        assert!(!r.sample(t + 510 * MS + 2 * CALM, Duration::from_micros(200)));
+    }
+
+    /// The probe on a real runtime: a task that holds the only worker for 5 ms at a time
+    /// makes the edge behind; once it stops, the probe lets go.
+    #[test]
+    fn the_probe_engages_while_the_runtime_is_held_and_lets_go_after() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let p = Pressure::probe(MS, Default::default(), Default::default());
+            let busy = Arc::new(AtomicBool::new(true));
+            let hold = busy.clone();
+            let hog = tokio::spawn(async move {
+                // Bounded: at most 2,000 rounds of 5 ms.
+                for _ in 0..2_000 {
+                    if !hold.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    std::thread::sleep(5 * MS);
+                    tokio::task::yield_now().await;
+                }
+            });
+            let mut engaged = false;
+            for _ in 0..500 {
+                if p.engaged() {
+                    engaged = true;
+                    break;
+                }
+                tokio::time::sleep(MS).await;
+            }
+            busy.store(false, Ordering::Relaxed);
+            hog.await.unwrap();
+            assert!(
+                engaged,
+                "a runtime held 5 ms at a time is behind a 1 ms threshold"
+            );
+            let mut released = false;
+            for _ in 0..300 {
+                tokio::time::sleep(10 * MS).await;
+                if !p.engaged() {
+                    released = true;
+                    break;
+                }
+            }
+            assert!(
+                released,
+                "an idle runtime is not behind once CALM has passed"
+            );
+        });
+    }
+
+    #[test]
+    fn always_is_engaged_without_a_probe() {
+        assert!(Pressure::always().engaged());
+    }
+}

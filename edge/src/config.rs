@@ -86,9 +86,9 @@ pub struct Config {
 
     /// With `--coalesce-ms`: coalesce only while the edge is behind, i.e. once its
     /// scheduling lag (how long a task that yields waits for the runtime to run everything
-    /// ready, sampled every 10 ms) reaches this many milliseconds, until it has stayed under
-    /// half of it for half a second. While the edge keeps up, every message goes out at once.
-    /// 0: coalesce always. At most 1000.
+    /// ready, sampled every 10 ms; the median of the last 10 samples) reaches this many
+    /// milliseconds, until it has stayed under half of it for two seconds. While the edge
+    /// keeps up, every message goes out at once. 0: coalesce always. At most 1000.
     #[arg(long, env = "NATTER_COALESCE_LAG_MS", default_value_t = 0)]
     pub coalesce_lag_ms: u64,
 
@@ -361,7 +361,10 @@ mod tests {
         assert!(c.validate().is_ok());
         assert_eq!(c.ops.log_format, natter_ops::LogFormat::Text);
         assert_eq!(c.coalesce_ms, 0, "no write is delayed unless asked for");
-        assert_eq!(c.coalesce_lag_ms, 0, "a window, once asked for, applies always");
+        assert_eq!(
+            c.coalesce_lag_ms, 0,
+            "a window, once asked for, applies always"
+        );
         let c = Config::try_parse_from(["natter-edge", "--coalesce-ms", "1000"]).unwrap();
         assert!(c.validate().is_ok());
         for bad in [

@@ -13,7 +13,6 @@ pub struct Metrics {
     pub draining: Gauge,
     pub stream_drift: Gauge,
     pub coalescing: Gauge,
-    pub sched_lag_us: Gauge,
     pub connections_accepted: Counter,
     pub connections_rejected: Counter,
     pub messages_in: Counter,
@@ -46,6 +45,7 @@ pub struct Metrics {
     pub fanout_latency: Histogram,
     pub delivery_lag: Histogram,
     pub catchup_latency: Histogram,
+    pub sched_lag: Histogram,
 }
 
 impl Metrics {
@@ -67,10 +67,6 @@ impl Metrics {
             coalescing: r.gauge(
                 "natter_edge_coalescing",
                 "1 while rooms coalesce their writes (--coalesce-ms; with --coalesce-lag-ms only while the edge is behind).",
-            ),
-            sched_lag_us: r.gauge(
-                "natter_edge_sched_lag_microseconds",
-                "Latest scheduling lag sample (--coalesce-lag-ms only): how long a yielded task waited to run again.",
             ),
             connections_accepted: r.counter(
                 "natter_edge_connections_accepted_total",
@@ -199,6 +195,11 @@ impl Metrics {
             catchup_latency: r.histogram(
                 "natter_edge_catchup_seconds",
                 "Time to replay history on join or reconnect.",
+                fast,
+            ),
+            sched_lag: r.histogram(
+                "natter_edge_sched_lag_seconds",
+                "Scheduling lag samples, every 10 ms with --coalesce-lag-ms: how long a task that yielded waited for the runtime to run everything ready.",
                 fast,
             ),
         }

@@ -148,7 +148,7 @@ impl Node {
             pressure: if config.coalesce_ms > 0 && config.coalesce_lag_ms > 0 {
                 Pressure::probe(
                     Duration::from_millis(config.coalesce_lag_ms),
-                    metrics.sched_lag_us.clone(),
+                    metrics.sched_lag.clone(),
                     metrics.coalescing.clone(),
                 )
             } else {

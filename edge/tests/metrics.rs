@@ -60,12 +60,14 @@ async fn every_documented_metric_is_served_and_counters_move() {
 /// observed when a message is written.
 #[tokio::test]
 async fn a_coalescing_room_writes_once_per_window_and_loses_nothing() {
-    let (writes, coalescing) = six_messages_50_ms_apart(&["--coalesce-ms", "1000"]).await;
+    let (writes, coalescing, lag_samples) =
+        six_messages_50_ms_apart(&["--coalesce-ms", "1000"]).await;
     // Without coalescing each message, 50 ms after the last, is a write of its own (6).
     // With it: the first at once, the other five together at the window's end (2; 3 if a
     // stalled machine let the window close between two of them).
     assert!((2.0..=3.0).contains(&writes), "room writes: {writes}");
     assert_eq!(coalescing, 1.0, "a window alone applies always");
+    assert_eq!(lag_samples, 0.0, "and needs no lag probe");
 }
 
 /// `--coalesce-lag-ms`: the window applies only while the edge is behind; an edge that
@@ -73,16 +75,22 @@ async fn a_coalescing_room_writes_once_per_window_and_loses_nothing() {
 /// once, and says it does not coalesce.
 #[tokio::test]
 async fn an_edge_that_keeps_up_does_not_coalesce_with_a_lag_threshold() {
-    let (writes, coalescing) =
+    let (writes, coalescing, lag_samples) =
         six_messages_50_ms_apart(&["--coalesce-ms", "1000", "--coalesce-lag-ms", "1000"]).await;
     assert_eq!(writes, 6.0, "each message written at once");
     assert_eq!(coalescing, 0.0);
+    // 300 ms of messages at a sample every 10 ms, at the very least a few.
+    assert!(
+        lag_samples >= 5.0,
+        "the probe samples the lag: {lag_samples}"
+    );
 }
 
 /// Six messages 50 ms apart in one room of two, on an edge started with `flags`: each
 /// member gets all six once and in order, each counted and its lag observed once. Returns
-/// the room writes they took and the `natter_edge_coalescing` gauge.
-async fn six_messages_50_ms_apart(flags: &[&str]) -> (f64, f64) {
+/// the room writes they took, the `natter_edge_coalescing` gauge and the scheduling-lag
+/// samples taken meanwhile.
+async fn six_messages_50_ms_apart(flags: &[&str]) -> (f64, f64, f64) {
     let s = stack(1, flags).await;
     let edge = &s.edges[0];
     let room = "Busy Room";
@@ -115,5 +123,6 @@ async fn six_messages_50_ms_apart(flags: &[&str]) -> (f64, f64) {
         after
             .value("natter_edge_coalescing", &[])
             .unwrap_or(f64::NAN),
+        delta("natter_edge_sched_lag_seconds_count"),
     )
 }

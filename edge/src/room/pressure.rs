@@ -16,10 +16,10 @@
 //! what made it keep up.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use natter_ops::Gauge;
+use natter_ops::{Gauge, Histogram};
 use tokio::time::Instant;
 
 /// How often the probe samples the lag.
@@ -47,18 +47,15 @@ impl Pressure {
     }
 
     /// Coalesce while the scheduling lag says the edge is behind; starts the probe task,
-    /// which reports the lag (µs) and the state (0/1) on the two gauges.
-    pub fn probe(threshold: Duration, lag_us: Gauge, engaged: Gauge) -> Arc<Pressure> {
+    /// which observes each sample in `lags` and sets `engaged` to 0 or 1, and ends once the
+    /// returned handle is dropped.
+    pub fn probe(threshold: Duration, lags: Histogram, engaged: Gauge) -> Arc<Pressure> {
         let p = Arc::new(Pressure {
             always: false,
             behind: AtomicBool::new(false),
         });
-        tokio::spawn(run_probe(
-            p.clone(),
-            LagRule::new(threshold),
-            lag_us,
-            engaged,
-        ));
+        let weak = Arc::downgrade(&p);
+        tokio::spawn(run_probe(weak, LagRule::new(threshold), lags, engaged));
         p
     }
 
@@ -68,16 +65,17 @@ impl Pressure {
     }
 }
 
-async fn run_probe(p: Arc<Pressure>, mut rule: LagRule, lag_us: Gauge, engaged: Gauge) {
+async fn run_probe(p: Weak<Pressure>, mut rule: LagRule, lags: Histogram, engaged: Gauge) {
     let mut tick = tokio::time::interval(PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Lives as long as the edge: one sample per tick.
+    // Lives as long as the rooms' handle: one sample per tick.
     loop {
         tick.tick().await;
         let t0 = std::time::Instant::now();
         tokio::task::yield_now().await;
         let lag = t0.elapsed();
-        lag_us.set(i64::try_from(lag.as_micros()).unwrap_or(i64::MAX));
+        lags.observe(lag);
+        let Some(p) = p.upgrade() else { return };
         let behind = rule.sample(Instant::now(), lag);
         if p.behind.swap(behind, Ordering::Relaxed) != behind {
             engaged.set(i64::from(behind));
@@ -142,6 +140,7 @@ impl LagRule {
 #[cfg(test)]
 mod tests {
     use super::{LagRule, Pressure, CALM};
+    use natter_ops::Histogram;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     use std::time::Duration;
@@ -216,7 +215,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let p = Pressure::probe(20 * MS, Default::default(), Default::default());
+            let p = Pressure::probe(20 * MS, Histogram::new(&[0.001]), Default::default());
             let busy = Arc::new(AtomicBool::new(true));
             let hold = busy.clone();
             let hog = tokio::spawn(async move {

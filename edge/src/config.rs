@@ -85,10 +85,10 @@ pub struct Config {
     pub coalesce_ms: u64,
 
     /// With `--coalesce-ms`: coalesce only while the edge is behind, i.e. once its
-    /// scheduling lag (how long a task that yields waits for the runtime to run everything
-    /// ready, sampled every 10 ms; the median of the last 10 samples) reaches this many
-    /// milliseconds, until it has stayed under half of it for two seconds. While the edge
-    /// keeps up, every message goes out at once. 0: coalesce always. At most 1000.
+    /// scheduling lag (how long a task that yields waits to be run again, sampled every
+    /// 10 ms; the median of the last 10 samples) reaches this many milliseconds, until it
+    /// has stayed under half of it for two seconds. While the edge keeps up, every message
+    /// goes out at once. 0: coalesce always. At most 1000.
     #[arg(long, env = "NATTER_COALESCE_LAG_MS", default_value_t = 0)]
     pub coalesce_lag_ms: u64,
 

@@ -199,7 +199,7 @@ impl Metrics {
             ),
             sched_lag: r.histogram(
                 "natter_edge_sched_lag_seconds",
-                "Scheduling lag samples, every 10 ms with --coalesce-lag-ms: how long a task that yielded waited for the runtime to run everything ready.",
+                "Scheduling lag samples, every 10 ms with --coalesce-lag-ms: how long a task that yielded waited to be run again.",
                 fast,
             ),
         }

@@ -3,17 +3,18 @@
 //! can.
 //!
 //! The signal is the edge's **scheduling lag**: every [`PERIOD`] a probe task yields and
-//! measures how long it waits to run again. Tokio runs a yielded task only once its worker
-//! has run every task that was ready and polled the sockets, so the wait is how far behind
-//! the edge's work is: tens of microseconds on an edge that keeps up, milliseconds on one
-//! whose cores are saturated (its own work, or a CPU limit, or a neighbour on the node).
+//! measures how long it waits to run again. Tokio runs a yielded task once its worker has
+//! no other ready task, or at the worker's next poll of the sockets and timers (every 61
+//! tasks run), so the wait is how far behind the edge's work is: tens of microseconds on an
+//! edge that keeps up, milliseconds on one whose cores are saturated (its own work, or a
+//! CPU limit, or a neighbour on the node taking the cores).
 //!
 //! The rule ([`LagRule`], clock-free so it is tested with made-up instants) looks at the
 //! (upper) median of the last [`WINDOW`] samples (100 ms), so that a lone late sample (a
 //! burst of joins, a neighbour's time slice) changes nothing: a median at or over the
 //! threshold engages coalescing; a median under half the threshold for [`CALM`] (two
-//! seconds) releases it. The slower release keeps the edge from flapping while coalescing itself is
-//! what made it keep up.
+//! seconds) releases it. The slower release keeps the edge from flapping while coalescing
+//! itself is what made it keep up.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};

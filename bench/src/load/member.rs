@@ -3,14 +3,13 @@
 //! what was not acknowledged with the same uuid, and leaves once its room is settled and
 //! quiet after the stop. Its record ([`MemberResult`]) is what [`super::account`] checks.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::{mono_ns, room_name, LoadSpec, MemberResult, Phase};
+use super::{mono_ns, room_name, LoadSpec, MemberResult, NumMap, NumSet, Phase};
 use crate::dialect::Incoming;
 use crate::pacing::{phase, RetryBackoff};
 use crate::wsclient::{Conn, Event};
@@ -71,7 +70,7 @@ pub(super) async fn member(
     let pad = "x".repeat(spec.pad);
     let mut res = MemberResult {
         room: m.room,
-        received: HashSet::new(),
+        received: NumSet::default(),
         duplicates: 0,
         latency: Vec::new(),
         acked: Vec::new(),
@@ -82,7 +81,7 @@ pub(super) async fn member(
         rejoins: Vec::new(),
         receipts: Vec::new(),
     };
-    let mut pending: HashMap<u64, String> = HashMap::new(); // msg number -> frame text
+    let mut pending: NumMap<String> = NumMap::default(); // msg number -> frame text
     let mut edge = if spec.all_on_first {
         0
     } else {

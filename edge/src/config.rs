@@ -157,7 +157,8 @@ pub struct Config {
     #[arg(long, env = "NATTER_PRESENCE_CHECK_SECS", default_value_t = 120)]
     pub presence_check_secs: u64,
 
-    /// Timeout of one request to NATS (direct get, history, KV), in milliseconds.
+    /// Timeout of one request to NATS (direct get, history, KV) and of the stream's reply to
+    /// a publish (none in time: the client gets -32010), in milliseconds.
     #[arg(long, env = "NATTER_NATS_TIMEOUT_MS", default_value_t = 5000)]
     pub nats_timeout_ms: u64,
 

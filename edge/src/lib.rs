@@ -4,7 +4,7 @@
 //!   the health and metrics routes are natter-ops', on the separate `--ops-listen` port.
 //! - [`transport`]: one WebSocket on the wire: frames to messages, the write task, pings,
 //!   idle and close.
-//! - [`session`]: one client's protocol state (joined rooms, rate limit, publish acks), one
+//! - [`session`]: one client's protocol state (joined rooms, rate limit, publish slots), one
 //!   module per command in [`session::cmd`].
 //! - [`room`]: one live subscription per room with local members, fanout of each message
 //!   encoded once; the seam/gap bookkeeping is the sans-IO [`room::delivery`] state machine.
@@ -12,6 +12,7 @@
 //! - [`presence`]: user names per room in the `presence` KV bucket, held by one userId from
 //!   any number of sessions (its doc argues why concurrent joins and leaves stay consistent),
 //!   and the edge's lease, under which its sessions live ([`presence::lease`]).
+//! - [`publish`]: the edge's publishes into the stream, their replies settled by one task.
 //! - [`outbox`]: the handle through which rooms reach a socket without waiting on it.
 //! - [`node`]: what all of the above share; [`config`], [`metrics`].
 //!
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod node;
 pub mod outbox;
 pub mod presence;
+pub mod publish;
 pub mod room;
 pub mod server;
 pub mod session;

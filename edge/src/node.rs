@@ -1,6 +1,6 @@
-//! The edge node: everything its sessions share — the NATS connection, the stream reader,
-//! presence, the token verifier, the room registry, the session registry, metrics, and the
-//! drain state.
+//! The edge node: everything its sessions share — the NATS connection, the publisher, the
+//! stream reader, presence, the token verifier, the room registry, the session registry,
+//! metrics, and the drain state.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::presence::{NameChange, Presence};
+use crate::publish::Publisher;
 use crate::room::pressure::Pressure;
 use crate::room::{RoomDeps, Rooms};
 
@@ -35,6 +36,8 @@ pub enum StartError {
     Auth(#[from] natter_auth::AuthConfigError),
     #[error("taking the presence lease: {0}")]
     Presence(String),
+    #[error("subscribing to publish replies: {0}")]
+    Replies(#[from] async_nats::SubscribeError),
 }
 
 /// Open sessions by id, for the drain.
@@ -75,6 +78,8 @@ pub struct Node {
     pub name: String,
     pub nats: async_nats::Client,
     pub js: jetstream::Context,
+    /// Publishes into the stream and settles their replies.
+    pub publisher: Publisher,
     pub reader: StreamReader,
     pub presence: Arc<Presence>,
     pub rooms: Rooms,
@@ -135,6 +140,7 @@ impl Node {
         };
         let mut registry = Registry::new();
         let metrics = Arc::new(Metrics::new(&mut registry));
+        let publisher = Publisher::start(nats.clone(), timeout, metrics.clone()).await?;
         let rooms = Rooms::new(RoomDeps {
             nats: nats.clone(),
             reader: reader.clone(),
@@ -167,6 +173,7 @@ impl Node {
             name,
             nats,
             js,
+            publisher,
             reader,
             presence,
             rooms,

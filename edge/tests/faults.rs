@@ -389,6 +389,74 @@ async fn a_message_refused_while_nats_is_down_is_delivered_once_after_a_retry() 
     );
 }
 
+/// A client with more publishes awaiting the stream than its socket may have (256) waits
+/// for a slot instead of being refused at once; while NATS is down every request still
+/// gets exactly one answer (`-32010` once the stream's reply is overdue), and the retries
+/// after it returns are delivered once each.
+#[tokio::test]
+async fn publishes_past_the_sockets_slots_wait_and_each_is_answered_once() {
+    const N: usize = 300;
+    let mut s = stack(
+        1,
+        &[
+            "--nats-timeout-ms",
+            "1000",
+            "--rate-per-sec",
+            "1000",
+            "--rate-burst",
+            "1000",
+        ],
+    )
+    .await;
+    let (mut ann, _) = joined(&s.edges[0], "r", "u1", "Ann").await;
+    let (mut bob, _) = joined(&s.edges[0], "r", "u2", "Bob").await;
+    s.nats.kill();
+    let uuids_sent: Vec<String> = (0..N).map(|i| format!("w{i}")).collect();
+    for u in &uuids_sent {
+        ann.send_message("r", "u1", "Ann", "x", u).await;
+    }
+    // The first 256 wait for their reply and are refused after the timeout; the rest wait
+    // for those slots, are then sent and refused in turn.
+    let mut refused = std::collections::HashSet::new();
+    while refused.len() < N {
+        let Some(ev) = ann.next_event(Duration::from_secs(15)).await else {
+            break;
+        };
+        if let Event::Json(v) = ev {
+            if v.get("error").is_none() {
+                continue; // notifications (Bob joined)
+            }
+            assert_eq!(v["error"]["code"], -32010, "{v}");
+            assert!(refused.insert(v["id"].clone()), "answered twice: {v}");
+        }
+    }
+    assert_eq!(refused.len(), N, "requests answered");
+    s.nats.restart().await;
+    s.edges[0].wait_ready(WAIT).await;
+    // Retry everything until each is delivered (bounded rounds).
+    let mut got = Vec::new();
+    for _round in 0..10 {
+        let seen: std::collections::HashSet<String> = uuids(&got).into_iter().collect();
+        let missing: Vec<&String> = uuids_sent.iter().filter(|u| !seen.contains(*u)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        for u in missing {
+            ann.send_message("r", "u1", "Ann", "x", u).await;
+        }
+        got.extend(
+            bob.room_messages(N - got.len(), Duration::from_secs(3))
+                .await,
+        );
+    }
+    got.extend(bob.room_messages(1, Duration::from_millis(500)).await);
+    let mut seen = uuids(&got);
+    seen.sort();
+    let mut want = uuids_sent.clone();
+    want.sort();
+    assert_eq!(seen, want, "each delivered exactly once");
+}
+
 #[tokio::test]
 async fn a_user_whose_edge_crashed_is_announced_as_left_once_the_name_expires() {
     let mut s = stack(2, &["--presence-ttl-secs", "3"]).await;

@@ -54,6 +54,50 @@ async fn every_documented_metric_is_served_and_counters_move() {
     assert_eq!(delta("natter_edge_publish_errors_total"), 0.0);
 }
 
+/// A retry with the same uuid (what a client told `-32010` does) is absorbed by the
+/// stream's dedupe: the edge counts the stream's reply as a duplicate, and the message is
+/// delivered once.
+#[tokio::test]
+async fn a_retried_publish_is_counted_as_a_duplicate_and_delivered_once() {
+    let s = stack(1, &[]).await;
+    let edge = &s.edges[0];
+    let (mut c, _) = joined(edge, "Dup Room", "u-1", "Ann").await;
+    let before = scrape(edge).await;
+    for _ in 0..2 {
+        c.send_message("Dup Room", "u-1", "Ann", "hello", "m-1")
+            .await;
+    }
+    let got = c.room_messages(1, WAIT).await;
+    assert_eq!(uuids(&got), vec!["m-1".to_owned()]);
+    // The second publish's reply brings no echo: scrape until both replies are settled.
+    let replies = |e: &Exposition| e.value("natter_edge_publish_seconds_count", &[]);
+    let want = before
+        .value("natter_edge_publish_seconds_count", &[])
+        .unwrap_or(0.0)
+        + 2.0;
+    let mut after = scrape(edge).await;
+    for _ in 0..50 {
+        if replies(&after) >= Some(want) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        after = scrape(edge).await;
+    }
+    let delta = |name: &str| {
+        after.value(name, &[]).unwrap_or(f64::NAN) - before.value(name, &[]).unwrap_or(0.0)
+    };
+    assert_eq!(delta("natter_edge_publish_seconds_count"), 2.0);
+    assert_eq!(delta("natter_edge_messages_in_total"), 2.0);
+    assert_eq!(delta("natter_edge_messages_duplicate_total"), 1.0);
+    assert_eq!(delta("natter_edge_publish_errors_total"), 0.0);
+    assert!(
+        c.room_messages(1, std::time::Duration::from_millis(500))
+            .await
+            .is_empty(),
+        "delivered twice"
+    );
+}
+
 /// `--coalesce-ms`: a room that gets a message while its window is open writes it with the
 /// others at the window's end, one write per socket; a quiet room's message goes out at
 /// once. Nothing is lost, repeated or reordered by the wait, and the delivery lag is

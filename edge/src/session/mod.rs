@@ -1,6 +1,6 @@
 //! One client connection's protocol state: the rooms it joined and under which identity, its
-//! rate limit and its publish acknowledgements, and the life of the socket from upgrade to
-//! cleanup.
+//! rate limit and its share of the edge's publishes, and the life of the socket from upgrade
+//! to cleanup.
 //!
 //! - this file: [`serve`] runs a socket with **one task**: it reads and runs the client's
 //!   requests, pings, enforces closes and the join timeout, and gives everything back when
@@ -8,13 +8,12 @@
 //!   straight to the socket, see [`crate::transport::socket`]).
 //! - [`cmd`]: one module per request (`join`, `text`, `leave`, `typing`, `history`), and
 //!   the dispatch.
-//! - [`joined`]: the rooms joined on this socket; [`limits`]: the rate limit; [`acks`]: the
-//!   publish acknowledgement pipeline.
+//! - [`joined`]: the rooms joined on this socket; [`limits`]: the rate limit. Publishes and
+//!   their replies are the edge's ([`crate::publish`]).
 //!
 //! The bytes on the wire are the transport's ([`crate::transport`]); rooms and presence
 //! are shared by the whole edge ([`crate::node`]).
 
-pub mod acks;
 pub mod cmd;
 pub mod joined;
 pub mod limits;
@@ -26,12 +25,13 @@ use bytes::Bytes;
 use natter_protocol::{frame, ErrorCode, RpcError};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tracing::{debug, warn, Instrument};
 
 use crate::node::Node;
 use crate::outbox::{CloseReason, Outbox, Signal};
 use crate::presence::Released;
+use crate::publish::SocketSlots;
 use crate::transport;
 use crate::transport::frame as wire;
 use crate::transport::read::{Incoming, Message, MessageReader, ReadEnd};
@@ -188,8 +188,9 @@ pub struct Session {
     /// The token of the upgrade request, for joins that carry none.
     upgrade_token: Option<String>,
     rate: RateLimit,
-    /// Created on the first publish: idle sockets cost no ack task.
-    acks: Option<mpsc::Sender<acks::PendingAck>>,
+    /// This socket's bound on publishes awaiting the stream's reply, created on the first
+    /// publish (idle sockets cost nothing).
+    slots: Option<SocketSlots>,
 }
 
 impl Session {
@@ -208,7 +209,7 @@ impl Session {
             joined,
             upgrade_token,
             rate,
-            acks: None,
+            slots: None,
         }
     }
 
@@ -258,7 +259,10 @@ impl Session {
                     last_heard = tokio::time::Instant::now();
                     let ok = match r {
                         Ok(Incoming::Message(Message::Text(data))) => {
-                            Box::pin(self.handle(&data)).await
+                            match self.handle_now(&data) {
+                                Ok(ok) => ok,
+                                Err(later) => Box::pin(self.handle_later(later)).await,
+                            }
                         }
                         Ok(Incoming::Message(Message::Binary(_))) => {
                             let err = RpcError::new(

@@ -1,9 +1,6 @@
 //! `textMessage`: store the message in the stream (dedupe by uuid); the room's echo is the
-//! sender's acknowledgement, a failed store a `-32010` (see [`crate::session::acks`]).
+//! sender's acknowledgement, a failed store a `-32010` (see [`crate::publish`]).
 
-use std::time::Instant;
-
-use async_nats::jetstream::message::PublishMessage;
 use natter_bus::subjects;
 use natter_protocol::request::TextMessage;
 use natter_protocol::{frame, ErrorCode, RpcError};
@@ -11,11 +8,13 @@ use serde_json::Value;
 use tracing::warn;
 
 use super::not_joined;
-use crate::session::acks::{self, PendingAck};
+use super::Later;
+use crate::publish::{unavailable, Outgoing, PublishError, SocketSlots, Try};
 use crate::session::Session;
 
 impl Session {
-    pub(super) async fn text(&mut self, id: Option<Value>, t: TextMessage) -> bool {
+    /// Check and publish a message; `Err` when its answer or its publish has to wait.
+    pub(super) fn text_now(&mut self, id: Option<Value>, t: TextMessage) -> Result<bool, Later> {
         let target = match self.joined.lock().get(&t.room_name) {
             None => Err(not_joined(&t.room_name)),
             Some(j) if j.user_id != t.user_id || j.user_name != t.user_name => Err(RpcError::new(
@@ -24,12 +23,12 @@ impl Session {
             )),
             Some(j) => Ok((
                 j.membership.room.subject.clone(),
-                j.membership.room.token.clone(),
+                subjects::msg_id(&j.membership.room.token, &t.uuid),
             )),
         };
-        let (subject, room_token) = match target {
+        let (subject, msg_id) = match target {
             Ok(t) => t,
-            Err(e) => return self.reply_error(id.as_ref(), e).await,
+            Err(e) => return Err(Later::Reply(id, e)),
         };
         let stored = frame::stored_text(id.as_ref(), &t, &now_rfc3339());
         let max = self.node.config.max_message_bytes;
@@ -41,28 +40,40 @@ impl Session {
                     stored.len()
                 ),
             );
-            return self.reply_error(id.as_ref(), err).await;
+            return Err(Later::Reply(id, err));
         }
-        let publish = PublishMessage::build()
-            .payload(stored)
-            .message_id(subjects::msg_id(&room_token, &t.uuid));
-        let sent = Instant::now();
+        let msg = Outgoing {
+            subject: subject.into(),
+            payload: stored,
+            msg_id,
+            request_id: id,
+        };
+        let slots = self.slots.get_or_insert_with(SocketSlots::default);
+        match self.node.publisher.try_publish(slots, &self.outbox, msg) {
+            Try::Sent => Ok(true),
+            Try::Busy(msg) => Err(Later::Publish(msg)),
+            Try::NotSent(e, id) => Err(self.not_sent(&e, id)),
+        }
+    }
+
+    /// Publish a message that had to wait (backpressure: a client with too many publishes
+    /// awaiting the stream, or a congested NATS connection, waits here).
+    pub(super) async fn publish_waiting(&mut self, msg: Outgoing) -> bool {
         let node = self.node.clone();
-        match node.js.send_publish(subject, publish).await {
-            Ok(ack) => {
-                node.metrics.messages_in.inc();
-                let acks = self
-                    .acks
-                    .get_or_insert_with(|| acks::spawn(node.clone(), self.outbox.clone()));
-                // Backpressure: a client with too many unacknowledged publishes waits here.
-                acks.send(PendingAck { ack, id, sent }).await.is_ok()
-            }
-            Err(e) => {
-                warn!(error = %e, "publish failed");
-                node.metrics.publish_errors.inc();
-                self.reply_error(id.as_ref(), acks::unavailable()).await
-            }
+        let slots = self.slots.get_or_insert_with(SocketSlots::default);
+        match node.publisher.publish(slots, &self.outbox, msg).await {
+            Ok(()) => true,
+            Err((e, id)) => match self.not_sent(&e, id) {
+                Later::Reply(id, err) => self.reply_error(id.as_ref(), err).await,
+                _ => true,
+            },
         }
+    }
+
+    fn not_sent(&self, e: &PublishError, id: Option<Value>) -> Later {
+        warn!(error = %e, "publish failed");
+        self.node.metrics.publish_errors.inc();
+        Later::Reply(id, unavailable())
     }
 }
 

@@ -13,15 +13,23 @@
 //!   retries with the same uuid, which the stream's dedupe keeps once even if the first
 //!   attempt was stored after all.
 //!
+//! How a publish travels: the socket's reader checks the message, takes a slot and queues
+//! it (one lock, no future, no wake-up unless the queue was empty); one sender task sends
+//! everything queued to the NATS connection, after yielding once so that the publishes of
+//! every socket served in the same scheduler round go out together (one write to NATS
+//! instead of one per message); one settling task reads every reply from a single
+//! subscription and settles the ones that came together under one lock.
+//!
 //! Why not `jetstream::Context::publish`: it pays per publish a fresh inbox, a oneshot, a
-//! boxed future, a timer and a wake-up of the task awaiting it; here a publish costs one
-//! slot in a queue and the acknowledgements of a burst are settled under one lock by a task
-//! that wakes once for them.
+//! boxed future, a timer and a wake-up of the task awaiting it, and the connection is
+//! woken, and writes, once per message.
 //!
 //! Bounds: a socket has at most [`SOCKET_IN_FLIGHT`] publishes awaiting their reply and
 //! the edge at most [`EDGE_IN_FLIGHT`]; past either, the socket's reader waits
 //! (backpressure, as the stream's own client does it). Replies are matched by number in a
-//! queue ordered by publish time, so the timeout sweep looks only at its front.
+//! queue ordered by publish time, so the timeout sweep looks only at its front. A queued
+//! publish whose timeout passed before the sender took it (a congested connection) is not
+//! sent: its client was already told to retry.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -34,7 +42,7 @@ use futures_util::{FutureExt, StreamExt};
 use natter_protocol::{frame, ErrorCode, RpcError};
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
 use crate::metrics::Metrics;
@@ -69,18 +77,6 @@ impl Default for SocketSlots {
     }
 }
 
-/// Why a publish was not accepted by the edge's NATS connection.
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    #[error("the NATS connection did not take the publish in time")]
-    TimedOut,
-    #[error(transparent)]
-    Nats(#[from] async_nats::PublishError),
-    /// Never in practice: the in-flight bounds are never closed.
-    #[error("the publisher is closed")]
-    Closed,
-}
-
 /// One message for the stream, with what its reply is settled against.
 pub struct Outgoing {
     pub subject: Subject,
@@ -91,29 +87,16 @@ pub struct Outgoing {
     pub request_id: Option<Value>,
 }
 
-/// How [`Publisher::try_publish`] went.
-pub enum Try {
-    /// The NATS connection took it; the reply is settled later.
-    Sent,
-    /// The connection refused it (e.g. closed); the caller answers the request.
-    NotSent(PublishError, Option<Value>),
-    /// It would have to wait for a slot or for room in the connection: nothing was sent.
-    Busy(Outgoing),
-}
-
-/// The edge's publisher: publishes and the task that settles their replies.
+/// The edge's publisher: the queue of publishes, their waiters, and the tasks that send
+/// them and settle their replies.
 pub struct Publisher {
-    nats: async_nats::Client,
-    inbox: String,
-    timeout: Duration,
     edge: Arc<Semaphore>,
-    pending: Arc<Pending>,
-    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
 }
 
 impl Publisher {
-    /// Subscribe to this edge's reply inbox and start the task that settles replies (it
-    /// ends when the NATS client closes the subscription).
+    /// Subscribe to this edge's reply inbox and start the sending and settling tasks (they
+    /// end with the NATS client).
     pub async fn start(
         nats: async_nats::Client,
         timeout: Duration,
@@ -121,107 +104,145 @@ impl Publisher {
     ) -> Result<Publisher, async_nats::SubscribeError> {
         let inbox = nats.new_inbox();
         let replies = nats.subscribe(format!("{inbox}.*")).await?;
-        let pending = Arc::new(Pending::default());
-        tokio::spawn(settle(replies, pending.clone(), metrics.clone(), timeout));
+        let shared = Arc::new(Shared::default());
+        tokio::spawn(settle(replies, shared.clone(), metrics.clone(), timeout));
+        tokio::spawn(send(nats, inbox, shared.clone(), metrics));
         Ok(Publisher {
-            nats,
-            inbox,
-            timeout,
             edge: Arc::new(Semaphore::new(EDGE_IN_FLIGHT)),
-            pending,
-            metrics,
+            shared,
         })
     }
 
-    /// Publish one message without waiting, which is what a publish costs when neither
-    /// bound is reached and the NATS connection has room: no future is kept. When it would
-    /// have to wait, nothing was sent and the message comes back ([`Try::Busy`]) for
-    /// [`Publisher::publish`].
-    pub fn try_publish(&self, slots: &SocketSlots, outbox: &Outbox, msg: Outgoing) -> Try {
+    /// Queue one message for `outbox`'s socket without waiting. `Err` gives it back when a
+    /// slot of the socket or of the edge is not free (for [`Publisher::publish`]). Once
+    /// queued, a refusal or a missing reply sends `-32010` to `outbox`.
+    pub fn try_publish(
+        &self,
+        slots: &SocketSlots,
+        outbox: &Outbox,
+        msg: Outgoing,
+    ) -> Result<(), Outgoing> {
         let socket = slots.0.clone().try_acquire_owned();
         let edge = self.edge.clone().try_acquire_owned();
-        let (Ok(socket), Ok(edge)) = (socket, edge) else {
-            return Try::Busy(msg);
-        };
-        let n = self.pending.lock().push(Waiting {
-            outbox: outbox.clone(),
-            request_id: msg.request_id,
-            sent: Instant::now(),
-            _permits: (socket, edge),
-        });
-        let mut headers = HeaderMap::new();
-        headers.insert(NATS_MESSAGE_ID, msg.msg_id.as_str());
-        let reply = format!("{}.{n}", self.inbox);
-        // One poll: the send completes at once when the connection's queue has room. A
-        // send dropped before it completes has sent nothing (tokio's mpsc is cancel-safe).
-        let sent = self
-            .nats
-            .publish_with_reply_and_headers(
-                msg.subject.clone(),
-                reply,
-                headers,
-                msg.payload.clone(),
-            )
-            .now_or_never();
-        if let Some(Ok(())) = sent {
-            self.metrics.messages_in.inc();
-            return Try::Sent;
-        }
-        // Nothing was sent; the waiter was pushed a moment ago, so it is still there.
-        let Some(w) = self.pending.lock().take(n) else {
-            return Try::Sent;
-        };
-        match sent {
-            Some(Err(e)) => Try::NotSent(e.into(), w.request_id),
-            _ => Try::Busy(Outgoing {
-                request_id: w.request_id,
-                ..msg
-            }),
+        match (socket, edge) {
+            (Ok(socket), Ok(edge)) => {
+                self.shared.queue(msg, outbox, (socket, edge));
+                Ok(())
+            }
+            _ => Err(msg),
         }
     }
 
-    /// Publish one message for `outbox`'s socket, waiting while the socket (`slots`) or the
-    /// edge has too many awaiting their reply. `Ok` means the NATS connection took it; its
-    /// reply is settled later (a refusal or a timeout sends `-32010` to `outbox`). `Err`
-    /// means it was not sent, and the caller answers the request, whose id comes back.
+    /// Queue one message, waiting while the socket (`slots`) or the edge has too many
+    /// publishes awaiting their reply. `Err` (never in practice: the bounds are never
+    /// closed) gives back the request id for the caller to answer.
     pub async fn publish(
         &self,
         slots: &SocketSlots,
         outbox: &Outbox,
         msg: Outgoing,
-    ) -> Result<(), (PublishError, Option<Value>)> {
+    ) -> Result<(), Option<Value>> {
         let socket = slots.0.clone().acquire_owned().await;
         let edge = self.edge.clone().acquire_owned().await;
         let (Ok(socket), Ok(edge)) = (socket, edge) else {
-            return Err((PublishError::Closed, msg.request_id));
+            return Err(msg.request_id);
         };
-        let n = self.pending.lock().push(Waiting {
-            outbox: outbox.clone(),
-            request_id: msg.request_id,
-            sent: Instant::now(),
-            _permits: (socket, edge),
-        });
-        let mut headers = HeaderMap::new();
-        headers.insert(NATS_MESSAGE_ID, msg.msg_id.as_str());
-        let reply = format!("{}.{n}", self.inbox);
-        let sent = tokio::time::timeout(
-            self.timeout,
-            self.nats
-                .publish_with_reply_and_headers(msg.subject, reply, headers, msg.payload),
-        )
-        .await;
-        let err = match sent {
-            Ok(Ok(())) => {
-                self.metrics.messages_in.inc();
-                return Ok(());
+        self.shared.queue(msg, outbox, (socket, edge));
+        Ok(())
+    }
+}
+
+/// What the sessions and the two tasks share.
+#[derive(Default)]
+struct Shared {
+    book: Mutex<Book>,
+    /// Wakes the sender when the queue stops being empty.
+    wake: Notify,
+}
+
+/// Publishes awaiting a reply, and those of them not yet sent.
+#[derive(Default)]
+struct Book {
+    waiting: Slots<Waiting>,
+    unsent: Vec<Unsent>,
+}
+
+/// A queued publish: what goes on the wire, and its number.
+struct Unsent {
+    n: u64,
+    subject: Subject,
+    payload: Bytes,
+    msg_id: String,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn queue(
+        &self,
+        msg: Outgoing,
+        outbox: &Outbox,
+        permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    ) {
+        let was_empty = {
+            let mut book = self.lock();
+            let n = book.waiting.push(Waiting {
+                outbox: outbox.clone(),
+                request_id: msg.request_id,
+                sent: Instant::now(),
+                _permits: permits,
+            });
+            book.unsent.push(Unsent {
+                n,
+                subject: msg.subject,
+                payload: msg.payload,
+                msg_id: msg.msg_id,
+            });
+            book.unsent.len() == 1
+        };
+        if was_empty {
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// Send what is queued, a scheduler round's worth at a time, until the NATS client closes.
+async fn send(nats: async_nats::Client, inbox: String, shared: Arc<Shared>, metrics: Arc<Metrics>) {
+    let mut batch: Vec<Unsent> = Vec::new();
+    loop {
+        shared.wake.notified().await;
+        // Let every socket that is ready in this round queue its publishes first: tokio
+        // runs a yielded task once the worker has no other ready task, or at its next poll
+        // of the sockets (every 61 tasks).
+        tokio::task::yield_now().await;
+        {
+            let mut book = shared.lock();
+            std::mem::swap(&mut batch, &mut book.unsent);
+            // A publish whose client was told to retry (its reply overdue while it sat
+            // here) is not sent.
+            let Book { waiting, .. } = &*book;
+            batch.retain(|u| waiting.waits(u.n));
+        }
+        for u in batch.drain(..) {
+            let mut headers = HeaderMap::new();
+            headers.insert(NATS_MESSAGE_ID, u.msg_id.as_str());
+            let reply = format!("{inbox}.{}", u.n);
+            match nats
+                .publish_with_reply_and_headers(u.subject, reply, headers, u.payload)
+                .await
+            {
+                Ok(()) => {
+                    metrics.messages_in.inc();
+                }
+                Err(e) => {
+                    let w = shared.lock().waiting.take(u.n);
+                    if let Some(w) = w {
+                        refuse(&metrics, w, &format!("not sent: {e}"));
+                    }
+                }
             }
-            Ok(Err(e)) => PublishError::from(e),
-            Err(_) => PublishError::TimedOut,
-        };
-        // Not sent: the caller answers, unless the timeout sweep already did.
-        match self.pending.lock().take(n) {
-            Some(w) => Err((err, w.request_id)),
-            None => Ok(()),
         }
     }
 }
@@ -232,16 +253,6 @@ struct Waiting {
     request_id: Option<Value>,
     sent: Instant,
     _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
-}
-
-/// Publishes awaiting a reply.
-#[derive(Default)]
-struct Pending(Mutex<Slots<Waiting>>);
-
-impl Pending {
-    fn lock(&self) -> MutexGuard<'_, Slots<Waiting>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 /// Numbered waiters in the order they came: `slots[i]` is number `first + i`, `None` once
@@ -266,6 +277,14 @@ impl<T> Slots<T> {
         let n = self.first + self.slots.len() as u64;
         self.slots.push_back(Some(w));
         n
+    }
+
+    /// Whether waiter `n` still waits.
+    fn waits(&self, n: u64) -> bool {
+        n.checked_sub(self.first)
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| self.slots.get(i))
+            .is_some_and(Option::is_some)
     }
 
     /// Take waiter `n` if it still waits.
@@ -345,7 +364,7 @@ fn number(subject: &str) -> Option<u64> {
 /// ends (the NATS client is gone).
 async fn settle(
     mut replies: async_nats::Subscriber,
-    pending: Arc<Pending>,
+    shared: Arc<Shared>,
     metrics: Arc<Metrics>,
     timeout: Duration,
 ) {
@@ -367,11 +386,11 @@ async fn settle(
                     }
                 }
                 let settled: Vec<(Option<Waiting>, Verdict)> = {
-                    let mut p = pending.lock();
+                    let mut book = shared.lock();
                     batch
                         .drain(..)
                         .map(|m| {
-                            let w = number(m.subject.as_str()).and_then(|n| p.take(n));
+                            let w = number(m.subject.as_str()).and_then(|n| book.waiting.take(n));
                             (w, verdict(&m))
                         })
                         .collect()
@@ -398,7 +417,7 @@ async fn settle(
             _ = sweep.tick() => {
                 let deadline = Instant::now().checked_sub(timeout);
                 let expired = match deadline {
-                    Some(d) => pending.lock().expired(|w| w.sent <= d),
+                    Some(d) => shared.lock().waiting.expired(|w| w.sent <= d),
                     None => Vec::new(),
                 };
                 for w in expired {

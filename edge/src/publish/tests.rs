@@ -24,8 +24,10 @@ fn waiters_are_numbered_in_order_and_taken_once() {
     let b = s.push("b");
     let c = s.push("c");
     assert_eq!((a, b, c), (0, 1, 2));
+    assert!(s.waits(b));
     assert_eq!(s.take(b), Some("b"));
     assert_eq!(s.take(b), None, "taken twice");
+    assert!(!s.waits(b) && s.waits(a) && s.waits(c) && !s.waits(3));
     // The front still waits, so nothing leaves yet.
     assert_eq!(s.slots.len(), 3);
     assert_eq!(s.take(a), Some("a"));

@@ -9,7 +9,7 @@ use tracing::warn;
 
 use super::not_joined;
 use super::Later;
-use crate::publish::{unavailable, Outgoing, PublishError, SocketSlots, Try};
+use crate::publish::{unavailable, Outgoing, SocketSlots};
 use crate::session::Session;
 
 impl Session {
@@ -50,30 +50,24 @@ impl Session {
         };
         let slots = self.slots.get_or_insert_with(SocketSlots::default);
         match self.node.publisher.try_publish(slots, &self.outbox, msg) {
-            Try::Sent => Ok(true),
-            Try::Busy(msg) => Err(Later::Publish(msg)),
-            Try::NotSent(e, id) => Err(self.not_sent(&e, id)),
+            Ok(()) => Ok(true),
+            Err(msg) => Err(Later::Publish(msg)),
         }
     }
 
     /// Publish a message that had to wait (backpressure: a client with too many publishes
-    /// awaiting the stream, or a congested NATS connection, waits here).
+    /// awaiting the stream waits here).
     pub(super) async fn publish_waiting(&mut self, msg: Outgoing) -> bool {
         let node = self.node.clone();
         let slots = self.slots.get_or_insert_with(SocketSlots::default);
         match node.publisher.publish(slots, &self.outbox, msg).await {
             Ok(()) => true,
-            Err((e, id)) => match self.not_sent(&e, id) {
-                Later::Reply(id, err) => self.reply_error(id.as_ref(), err).await,
-                _ => true,
-            },
+            Err(id) => {
+                warn!("publish failed: the publisher is closed");
+                node.metrics.publish_errors.inc();
+                self.reply_error(id.as_ref(), unavailable()).await
+            }
         }
-    }
-
-    fn not_sent(&self, e: &PublishError, id: Option<Value>) -> Later {
-        warn!(error = %e, "publish failed");
-        self.node.metrics.publish_errors.inc();
-        Later::Reply(id, unavailable())
     }
 }
 

@@ -48,7 +48,8 @@ const REPAIR_ATTEMPTS: u32 = 3;
 pub struct Room {
     pub name: String,
     pub token: String,
-    pub subject: String,
+    /// The room's stored subject, cheap to clone for every publish.
+    pub subject: async_nats::Subject,
     pub live_subject: String,
     delivery: Mutex<Delivery<Outbox>>,
     /// Names this edge's members know to be in the room, with how many presence checks in
@@ -66,7 +67,7 @@ impl Room {
         let token = natter_protocol::token::encode(name);
         Room {
             name: name.to_owned(),
-            subject: subjects::room(&token),
+            subject: subjects::room(&token).into(),
             live_subject: subjects::live(&token),
             token,
             delivery: Mutex::new(Delivery::new(0, buffer_cap)),

@@ -43,7 +43,7 @@ impl Session {
             return Err(Later::Reply(id, err));
         }
         let msg = Outgoing {
-            subject: subject.into(),
+            subject,
             payload: stored,
             msg_id,
             request_id: id,

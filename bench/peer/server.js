@@ -8,6 +8,7 @@
 //   node server.js <port> <redis-url>
 "use strict";
 
+const http = require("http");
 const { Server } = require("socket.io");
 const { createAdapter } = require("@socket.io/redis-adapter");
 const { createClient } = require("redis");
@@ -40,8 +41,15 @@ async function main() {
     });
   });
 
-  io.listen(port);
-  console.log(`socket.io listening on ${port}`);
+  // Loopback only, like every process natter-bench starts. A port taken meanwhile (the
+  // harness picked it free a moment ago) ends the process, and the harness tries another.
+  const server = http.createServer();
+  io.attach(server);
+  server.on("error", (e) => {
+    console.error(`listen: ${e.message}`);
+    process.exit(1);
+  });
+  server.listen(port, "127.0.0.1", () => console.log(`socket.io listening on 127.0.0.1:${port}`));
 }
 
 main().catch((e) => {

@@ -92,6 +92,41 @@ async fn wait_port(port: u16, what: &str) -> anyhow::Result<()> {
     anyhow::bail!("{what} did not listen on 127.0.0.1:{port} within 30 s")
 }
 
+/// Start one `node server.js` on a free loopback port. A port picked free can be taken
+/// before node listens on it (e.g. as the local port of a connection to redis), which ends
+/// that process: then another port is tried, up to 5 times.
+async fn start_node(dir: &std::path::Path, rport: u16) -> anyhow::Result<(Child, u16)> {
+    for _attempt in 0..5 {
+        let port = free_port()?;
+        let mut child = Command::new("node")
+            .arg(dir.join("server.js"))
+            .args([port.to_string(), format!("redis://127.0.0.1:{rport}")])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("start node server.js: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait()? {
+                eprintln!("node server.js on port {port} exited ({status}); trying another port");
+                break;
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Ok((child, port));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if child.try_wait()?.is_none() {
+            anyhow::bail!("node server.js did not listen on 127.0.0.1:{port} within 30 s");
+        }
+    }
+    anyhow::bail!("node server.js exited 5 times before listening")
+}
+
 /// The Socket.IO cluster: redis-server and two node processes (killed on drop).
 pub struct SioCluster {
     redis: Child,
@@ -117,20 +152,9 @@ impl SioCluster {
         wait_port(rport, "redis-server").await?;
         let dir = peer_dir();
         for _ in 0..nodes {
-            let port = free_port()?;
-            let child = Command::new("node")
-                .arg(dir.join("server.js"))
-                .args([port.to_string(), format!("redis://127.0.0.1:{rport}")])
-                .current_dir(&dir)
-                .stdout(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(|e| anyhow::anyhow!("start node server.js: {e}"))?;
+            let (child, port) = start_node(&dir, rport).await?;
             c.nodes.push(child);
             c.ports.push(port);
-        }
-        for p in c.ports.clone() {
-            wait_port(p, "node server.js").await?;
         }
         Ok(c)
     }

@@ -95,8 +95,9 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Subscribe to this edge's reply inbox and start the sending and settling tasks (they
-    /// end with the NATS client).
+    /// Subscribe to this edge's reply inbox and start the sending and settling tasks (the
+    /// settling task ends with the NATS client; the sender waits for work as long as the
+    /// runtime runs, and refuses what the client can no longer send).
     pub async fn start(
         nats: async_nats::Client,
         timeout: Duration,

@@ -387,6 +387,14 @@ async fn a_message_refused_while_nats_is_down_is_delivered_once_after_a_retry() 
             .is_empty(),
         "delivered twice"
     );
+    // The edge hears the stream's replies again after the restart: a new message is stored
+    // and nobody is told to retry it once its reply would be overdue (2 s).
+    ann.send_message("r", "u1", "Ann", "x", "after").await;
+    assert_eq!(uuids(&bob.room_messages(1, WAIT).await), vec!["after"]);
+    let refused = ann
+        .next_matching(Duration::from_secs(4), |v| v.get("error").is_some())
+        .await;
+    assert!(refused.is_none(), "refused after the restart: {refused:?}");
 }
 
 /// A client with more publishes awaiting the stream than its socket may have (256) waits

@@ -209,7 +209,8 @@ impl Shared {
     }
 }
 
-/// Send what is queued, a scheduler round's worth at a time, until the NATS client closes.
+/// Send what is queued, a scheduler round's worth at a time, for as long as the runtime runs
+/// (a publish the NATS client refuses, e.g. once closed, is answered `-32010`).
 async fn send(nats: async_nats::Client, inbox: String, shared: Arc<Shared>, metrics: Arc<Metrics>) {
     let mut batch: Vec<Unsent> = Vec::new();
     loop {

@@ -22,7 +22,7 @@ use crate::publish::Outgoing;
 pub(super) enum Later {
     /// Answer with this error.
     Reply(Option<Value>, RpcError),
-    /// A message that must wait for a publish slot or for the NATS connection.
+    /// A message that must wait for a publish slot (of its socket or of the edge).
     Publish(Outgoing),
     Ping(Option<Value>),
     Join(Option<Value>, Box<Join>, bool),

@@ -78,14 +78,19 @@ fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-async fn wait_port(port: u16, what: &str) -> anyhow::Result<()> {
+/// Wait until something listens on 127.0.0.1:`port` (true), or `gone` says the process
+/// that should listen there has exited (false); an error after 30 s.
+async fn wait_port(port: u16, what: &str, mut gone: impl FnMut() -> bool) -> anyhow::Result<bool> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
+        if gone() {
+            return Ok(false);
+        }
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_ok()
         {
-            return Ok(());
+            return Ok(true);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -106,23 +111,11 @@ async fn start_node(dir: &std::path::Path, rport: u16) -> anyhow::Result<(Child,
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| anyhow::anyhow!("start node server.js: {e}"))?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Some(status) = child.try_wait()? {
-                eprintln!("node server.js on port {port} exited ({status}); trying another port");
-                break;
-            }
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return Ok((child, port));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let gone = || matches!(child.try_wait(), Ok(Some(_)) | Err(_));
+        if wait_port(port, "node server.js", gone).await? {
+            return Ok((child, port));
         }
-        if child.try_wait()?.is_none() {
-            anyhow::bail!("node server.js did not listen on 127.0.0.1:{port} within 30 s");
-        }
+        eprintln!("node server.js on port {port} exited before listening; trying another port");
     }
     anyhow::bail!("node server.js exited 5 times before listening")
 }
@@ -149,7 +142,10 @@ impl SioCluster {
             nodes: Vec::new(),
             ports: Vec::new(),
         };
-        wait_port(rport, "redis-server").await?;
+        let redis_gone = || matches!(c.redis.try_wait(), Ok(Some(_)) | Err(_));
+        if !wait_port(rport, "redis-server", redis_gone).await? {
+            anyhow::bail!("redis-server exited before listening on 127.0.0.1:{rport}");
+        }
         let dir = peer_dir();
         for _ in 0..nodes {
             let (child, port) = start_node(&dir, rport).await?;

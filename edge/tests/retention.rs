@@ -85,6 +85,11 @@ async fn a_full_stream_refuses_new_sends_and_loses_nothing_acknowledged() {
         "200",
         "--stream-max-age-secs",
         "3600",
+        // A message the server hands to the killed archiver's last pull request (it can,
+        // before it notices the connection is gone) comes back after the ack wait: keep
+        // that well inside the test's patience (the default 30 s is not).
+        "--ack-wait-secs",
+        "3",
     ]
     .iter()
     .chain(stream.iter())

@@ -3,7 +3,10 @@
 //! The format is chosen by `--log-format` / `NATTER_LOG_FORMAT` (`text` for people, `json`
 //! for a log pipeline: one object per line with the event's fields); what is logged by
 //! `RUST_LOG` (an `EnvFilter` directive such as `info,natter_edge=debug`; `info` when unset).
-//! It does not decide what services log.
+//! Text is coloured only on a terminal (and not when `NO_COLOR` is set), so that log files
+//! and collected container output hold no escape codes. It does not decide what services log.
+
+use std::io::IsTerminal;
 
 use thiserror::Error;
 use tracing_subscriber::EnvFilter;
@@ -49,15 +52,35 @@ fn filter_from(value: &str) -> Result<EnvFilter, LoggingError> {
 pub fn init_tracing(format: LogFormat) -> Result<(), LoggingError> {
     let builder = tracing_subscriber::fmt().with_env_filter(filter_from_env()?);
     let installed = match format {
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder
+            .with_ansi(colour(
+                std::io::stdout().is_terminal(),
+                std::env::var_os("NO_COLOR").as_deref(),
+            ))
+            .try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
     installed.map_err(|_| LoggingError::AlreadyInstalled)
 }
 
+/// Whether text lines are coloured: on a terminal, unless `NO_COLOR` is set to anything
+/// but the empty string (<https://no-color.org>).
+fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(colour(true, None));
+        assert!(colour(true, Some(OsStr::new(""))));
+        assert!(!colour(true, Some(OsStr::new("1"))));
+        assert!(!colour(false, None));
+    }
 
     #[test]
     fn filters() {

@@ -77,6 +77,8 @@ pub struct Signal {
 pub struct Outbox {
     socket: Arc<Socket>,
     signal: watch::Sender<Signal>,
+    /// The session's id, for what is logged about it away from its span.
+    session: uuid::Uuid,
 }
 
 /// What happened to a frame offered to a socket.
@@ -90,8 +92,17 @@ pub enum Offer {
 }
 
 impl Outbox {
-    pub fn new(socket: Arc<Socket>, signal: watch::Sender<Signal>) -> Self {
-        Outbox { socket, signal }
+    pub fn new(socket: Arc<Socket>, signal: watch::Sender<Signal>, session: uuid::Uuid) -> Self {
+        Outbox {
+            socket,
+            signal,
+            session,
+        }
+    }
+
+    /// The id of the socket's session (as its `session` span field shows it).
+    pub fn session(&self) -> uuid::fmt::Simple {
+        self.session.simple()
     }
 
     /// Offer an encoded WebSocket frame (see [`crate::transport::frame`]) without waiting:
@@ -198,7 +209,7 @@ mod tests {
         );
         let (mut c, s) = (c.unwrap(), s.unwrap().0);
         let (tx, _rx) = watch::channel(Signal::default());
-        let outbox = Outbox::new(Socket::new(s, 8), tx);
+        let outbox = Outbox::new(Socket::new(s, 8), tx, uuid::Uuid::nil());
         assert_eq!(outbox.offer(frame::text(b"1")), Offer::Queued);
         outbox.close(CloseReason::Resync);
         assert_eq!(outbox.offer(frame::text(b"2")), Offer::Closed);

@@ -433,7 +433,7 @@ async fn settle(
 
 /// Tell the client its message was not stored.
 fn refuse(metrics: &Metrics, w: Waiting, why: &str) {
-    warn!(error = why, request = ?w.request_id, "publish not acknowledged");
+    warn!(session = %w.outbox.session(), error = why, request = ?w.request_id, "publish not acknowledged");
     metrics.publish_errors.inc();
     metrics.client_errors.inc();
     let json = frame::error(w.request_id.as_ref(), &unavailable());

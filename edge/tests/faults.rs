@@ -439,6 +439,27 @@ async fn publishes_past_the_sockets_slots_wait_and_each_is_answered_once() {
         }
     }
     assert_eq!(refused.len(), N, "requests answered");
+    // Each refusal is logged naming the session it was for (all of them Ann's).
+    let log = s.edges[0].log();
+    let sessions: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("publish not acknowledged"))
+        .map(|l| {
+            l.split("session=")
+                .nth(1)
+                .and_then(|rest| rest.get(..32))
+                .unwrap_or("")
+        })
+        .collect();
+    assert_eq!(sessions.len(), N, "refusals logged");
+    assert!(
+        sessions.iter().all(|id| id.len() == 32
+            && id.bytes().all(|b| b.is_ascii_hexdigit())
+            && *id == sessions[0]),
+        "refusals without Ann's session: {:?} in {:?}",
+        sessions.iter().collect::<std::collections::HashSet<_>>(),
+        log.lines().find(|l| l.contains("publish not acknowledged"))
+    );
     s.nats.restart().await;
     s.edges[0].wait_ready(WAIT).await;
     // Retry everything until each is delivered (bounded rounds).

@@ -31,7 +31,7 @@ async fn outbox() -> (Outbox, tokio::net::TcpStream) {
     let (c, s) = tokio::join!(tokio::net::TcpStream::connect(addr), l.accept());
     let (tx, _rx) = watch::channel(Signal::default());
     (
-        Outbox::new(Socket::new(s.expect("accept").0, 8), tx),
+        Outbox::new(Socket::new(s.expect("accept").0, 8), tx, uuid::Uuid::nil()),
         c.expect("connect"),
     )
 }

@@ -50,13 +50,14 @@ pub async fn serve(
     permit: OwnedSemaphorePermit,
     upgrade_token: Option<String>,
 ) {
-    let id = uuid::Uuid::new_v4().simple().to_string();
+    let uuid = uuid::Uuid::new_v4();
+    let id = uuid.simple().to_string();
     let span = tracing::info_span!("session", session = %id);
     let Some((tcp, leftover)) = transport::take_socket(ws) else {
         warn!(parent: &span, "upgraded connection without its TCP socket; dropped");
         return;
     };
-    Box::pin(run(node, tcp, leftover, id, permit, upgrade_token))
+    Box::pin(run(node, tcp, leftover, (uuid, id), permit, upgrade_token))
         .instrument(span)
         .await;
 }
@@ -79,7 +80,7 @@ async fn run(
     node: Arc<Node>,
     tcp: TcpStream,
     leftover: Bytes,
-    id: String,
+    (uuid, id): (uuid::Uuid, String),
     _permit: OwnedSemaphorePermit,
     upgrade_token: Option<String>,
 ) {
@@ -87,7 +88,7 @@ async fn run(
     node.metrics.connections_accepted.inc();
     let socket = Socket::new(tcp, node.config.outbound_queue.max(1));
     let (signal_tx, signal_rx) = watch::channel(Signal::default());
-    let outbox = Outbox::new(socket.clone(), signal_tx);
+    let outbox = Outbox::new(socket.clone(), signal_tx, uuid);
     node.sessions.insert(&id, outbox.clone());
     if node.is_draining() {
         outbox.drain();

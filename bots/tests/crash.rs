@@ -20,6 +20,10 @@ async fn a_worker_killed_mid_stream_loses_no_reply_and_duplicates_none() {
         "8",
         "--replies-per-minute",
         "10000",
+        // The busy script must never time out on a loaded machine: a timed-out trigger has
+        // no reply, which this test would count as lost.
+        "--script-timeout-ms",
+        "5000",
     ];
     let mut a = Bots::start(&nats, &flags).await;
     let b = Bots::start(&nats, &flags).await;

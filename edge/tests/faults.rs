@@ -389,10 +389,18 @@ async fn a_message_refused_while_nats_is_down_is_delivered_once_after_a_retry() 
     );
     // The edge hears the stream's replies again after the restart: a new message is stored
     // and nobody is told to retry it once its reply would be overdue (2 s).
-    ann.send_message("r", "u1", "Ann", "x", "after").await;
+    // (Its own request id: a retry above may have been refused, and Ann's errors are unread.)
+    ann.send_json(
+        &json!({"jsonrpc":"2.0","method":"textMessage","id":9000,"params":{
+        "userId":"u1","userName":"Ann","roomName":"r","text":"x","ack":false,"uuid":"after"}}),
+    )
+    .await
+    .expect("send");
     assert_eq!(uuids(&bob.room_messages(1, WAIT).await), vec!["after"]);
     let refused = ann
-        .next_matching(Duration::from_secs(4), |v| v.get("error").is_some())
+        .next_matching(Duration::from_secs(4), |v| {
+            v["id"] == 9000 && v.get("error").is_some()
+        })
         .await;
     assert!(refused.is_none(), "refused after the restart: {refused:?}");
 }

@@ -121,7 +121,9 @@ async fn a_coalescing_room_writes_once_per_window_and_loses_nothing() {
 async fn an_edge_that_keeps_up_does_not_coalesce_with_a_lag_threshold() {
     let (writes, coalescing, lag_samples) =
         six_messages_50_ms_apart(&["--coalesce-ms", "1000", "--coalesce-lag-ms", "1000"]).await;
-    assert_eq!(writes, 6.0, "each message written at once");
+    // Each message written at once: 6, or 5 if a stall of the machine (over the 50 ms
+    // between two sends) lets two reach the room together; a window would give 2 or 3.
+    assert!((4.0..=6.0).contains(&writes), "room writes: {writes}");
     assert_eq!(coalescing, 0.0);
     // 300 ms of messages at a sample every 10 ms, at the very least a few.
     assert!(

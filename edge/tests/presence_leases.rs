@@ -271,6 +271,19 @@ async fn a_dead_leases_names_are_freed_by_a_live_edge_and_announced() {
         .put("edge-ghost-0123456789abcdef", "edge-ghost".into())
         .await
         .expect("lease");
+    // Until it dies, the ghost edge renews its lease as an edge does (every third of the
+    // TTL): the lease must not lapse on its own while the test checks that it holds.
+    let renewing = {
+        let leases = leases.clone();
+        tokio::spawn(async move {
+            for _ in 0..120 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = leases
+                    .put("edge-ghost-0123456789abcdef", "edge-ghost".into())
+                    .await;
+            }
+        })
+    };
     let owner = serde_json::to_vec(&natter_bus::Owner {
         user_id: "u-ann".into(),
         user_name: "Ann".into(),
@@ -300,6 +313,8 @@ async fn a_dead_leases_names_are_freed_by_a_live_edge_and_announced() {
     let mut eve = refused_ann(&s).await;
     // The ghost edge dies (its lease is gone): the live edge sweeps its entries and tells
     // the room.
+    renewing.abort();
+    let _ = renewing.await;
     leases
         .purge("edge-ghost-0123456789abcdef")
         .await

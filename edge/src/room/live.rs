@@ -25,7 +25,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::coalesce::Coalescer;
 use super::delivery::{Delivery, Live};
-use super::tail::{NamesRecheck, TailSchedule};
+use super::tail::{Due, NamesRecheck, TailSchedule, Ticks};
 use super::RoomDeps;
 use crate::outbox::Outbox;
 use crate::presence::RoomNames;
@@ -375,24 +375,21 @@ impl Room {
 const BATCH: usize = 64;
 
 async fn run(room: Arc<Room>, deps: Arc<RoomDeps>, mut sub: async_nats::Subscriber) {
-    let period = deps.tail_check;
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut tail = TailSchedule::new(
-        tokio::time::Instant::now(),
-        deps.disruptions.epoch(),
-        deps.tail_check_quiet,
-    );
+    let start = tokio::time::Instant::now();
+    let mut ticks = Ticks::new(start, deps.tail_check, deps.presence_check);
+    let mut tail = TailSchedule::new(start, deps.disruptions.epoch(), deps.tail_check_quiet);
     let mut names_recheck = NamesRecheck::new(deps.disruptions.connection_epoch());
-    let period = deps.presence_check;
-    let mut names_tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    names_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::new();
     let mut coalesce = Coalescer::new(deps.coalesce);
     let window_end = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(window_end);
+    // Polled only when no message is waiting (the select is biased): the ticks are asked
+    // for after every round instead, so a busy room still ticks.
+    let next_tick = tokio::time::sleep_until(ticks.next());
+    tokio::pin!(next_tick);
     loop {
         tokio::select! {
+            biased;
             () = &mut window_end, if coalesce.due().is_some() => {
                 room.flush(&deps);
                 coalesce.written(tokio::time::Instant::now());
@@ -441,22 +438,29 @@ async fn run(room: Arc<Room>, deps: Arc<RoomDeps>, mut sub: async_nats::Subscrib
                     return;
                 }
             },
-            now = tick.tick() => {
-                let epoch = deps.disruptions.epoch();
-                if tail.tick(now, epoch) && Box::pin(room.check_tail(&deps)).await {
-                    tail.checked(now, epoch);
-                }
-                if names_recheck.tick(deps.disruptions.connection_epoch()) {
-                    if let Some(suspect) = Box::pin(room.check_presence(&deps)).await {
-                        names_recheck.listed();
-                        if suspect {
-                            names_recheck.confirm();
-                        }
-                    }
-                }
+            () = &mut next_tick => {}
+        }
+        let now = tokio::time::Instant::now();
+        let due = ticks.due(now);
+        if due == Due::default() {
+            continue;
+        }
+        next_tick.as_mut().reset(ticks.next());
+        // The names are listed once even when both ticks ask for it.
+        let mut recheck = false;
+        if due.tail {
+            let epoch = deps.disruptions.epoch();
+            if tail.tick(now, epoch) && Box::pin(room.check_tail(&deps)).await {
+                tail.checked(now, epoch);
             }
-            _ = names_tick.tick() => {
-                if Box::pin(room.check_presence(&deps)).await == Some(true) {
+            recheck = names_recheck.tick(deps.disruptions.connection_epoch());
+        }
+        if due.names || recheck {
+            if let Some(suspect) = Box::pin(room.check_presence(&deps)).await {
+                if recheck {
+                    names_recheck.listed();
+                }
+                if suspect {
                     names_recheck.confirm();
                 }
             }

@@ -112,9 +112,73 @@ impl NamesRecheck {
     }
 }
 
+/// The room's two periodic duties on one clock: the tail tick (every `--tail-check-secs`,
+/// asking [`TailSchedule`] and [`NamesRecheck`]) and the names tick (every
+/// `--presence-check-secs`). The room's task asks [`Ticks::due`] after everything it
+/// handles and arms a timer for [`Ticks::next`] only to sleep, so a busy room polls no
+/// timer per message and a room that never goes idle still ticks.
+#[derive(Debug)]
+pub struct Ticks {
+    tail: Period,
+    names: Period,
+}
+
+#[derive(Debug)]
+struct Period {
+    every: Duration,
+    next: Instant,
+}
+
+impl Period {
+    fn due(&mut self, now: Instant) -> bool {
+        if now < self.next {
+            return false;
+        }
+        // A late tick is not made up for: the next one is a whole period later.
+        self.next = now + self.every;
+        true
+    }
+}
+
+/// Which ticks are due.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Due {
+    pub tail: bool,
+    pub names: bool,
+}
+
+impl Ticks {
+    /// Ticks of a room started at `now`: each first due one period later.
+    pub fn new(now: Instant, tail_every: Duration, names_every: Duration) -> Self {
+        Ticks {
+            tail: Period {
+                every: tail_every,
+                next: now + tail_every,
+            },
+            names: Period {
+                every: names_every,
+                next: now + names_every,
+            },
+        }
+    }
+
+    /// When the next tick is due.
+    pub fn next(&self) -> Instant {
+        self.tail.next.min(self.names.next)
+    }
+
+    /// The ticks due at `now` (each then next due a period after `now`).
+    pub fn due(&mut self, now: Instant) -> Due {
+        Due {
+            tail: self.tail.due(now),
+            names: self.names.due(now),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{NamesRecheck, TailSchedule};
+    use super::{Due, NamesRecheck, TailSchedule, Ticks};
     use std::time::Duration;
     use tokio::time::Instant;
 
@@ -247,5 +311,58 @@ mod tests {
         assert!(r.tick(1));
         r.listed();
         assert!(!r.tick(1));
+    }
+
+    #[test]
+    fn ticks_come_each_period_and_late_ones_are_not_made_up() {
+        let t0 = Instant::now();
+        let mut t = Ticks::new(t0, TICK, TICK * 3);
+        assert_eq!(t.next(), t0 + TICK);
+        assert_eq!(t.due(t0 + TICK / 2), Due::default());
+        assert_eq!(
+            t.due(t0 + TICK),
+            Due {
+                tail: true,
+                names: false
+            }
+        );
+        assert_eq!(t.due(t0 + TICK), Due::default(), "once per period");
+        assert_eq!(t.next(), t0 + TICK * 2);
+        assert_eq!(
+            t.due(t0 + TICK * 2),
+            Due {
+                tail: true,
+                names: false
+            }
+        );
+        assert_eq!(
+            t.due(t0 + TICK * 3),
+            Due {
+                tail: true,
+                names: true
+            }
+        );
+        assert_eq!(t.next(), t0 + TICK * 4);
+        // Busy for a long while: one tick of each, then a period from there.
+        let late = t0 + TICK * 20 + Duration::from_millis(7);
+        assert_eq!(
+            t.due(late),
+            Due {
+                tail: true,
+                names: true
+            }
+        );
+        assert_eq!(
+            t.due(late + TICK - Duration::from_millis(1)),
+            Due::default()
+        );
+        assert_eq!(t.next(), late + TICK);
+        assert_eq!(
+            t.due(late + TICK),
+            Due {
+                tail: true,
+                names: false
+            }
+        );
     }
 }

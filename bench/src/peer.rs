@@ -53,6 +53,10 @@ pub struct PeerArgs {
     /// Extra flags for natter's edges, e.g. `--edge-args=--coalesce-ms=50`.
     #[arg(long, allow_hyphen_values = true, value_delimiter = ' ')]
     pub edge_args: Vec<String>,
+    /// Worker threads of each natter edge (`TOKIO_WORKER_THREADS`); by default one per
+    /// CPU. Each Socket.IO process has one thread.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub edge_workers: Option<u16>,
     /// Joined idle connections for the memory figure (0: skip it).
     #[arg(long, default_value_t = 5000)]
     pub idle: usize,
@@ -437,6 +441,7 @@ pub async fn run(a: &PeerArgs) -> anyhow::Result<()> {
             cluster: false,
             target: Vec::new(),
             edge_args: a.edge_args.clone(),
+            edge_workers: a.edge_workers,
             service_log: "warn".into(),
             keep_logs: None,
         },
@@ -504,7 +509,7 @@ pub async fn run(a: &PeerArgs) -> anyhow::Result<()> {
             "{}",
             json!({"scenario": "peer", "versions": versions, "setup": {"rooms": a.rooms,
                 "users_per_room": a.users, "senders_per_room": a.senders, "seconds": a.seconds,
-                "edge_args": a.edge_args,
+                "edge_args": a.edge_args, "edge_workers": a.edge_workers,
                 "senders": crate::pacing::label(a.synchronized)},
                 "loads": out, "idle_memory": idle,
                 "floor": floor.as_ref().map(Floor::summary)})
@@ -522,6 +527,9 @@ pub async fn run(a: &PeerArgs) -> anyhow::Result<()> {
     );
     if !a.edge_args.is_empty() {
         println!("natter edges started with: {}", a.edge_args.join(" "));
+    }
+    if let Some(n) = a.edge_workers {
+        println!("natter edges with {n} worker thread(s) each");
     }
     let v = |k: &str| versions[k].as_str().unwrap_or("?").to_string();
     println!(

@@ -142,6 +142,7 @@ pub async fn fanout(name: &str, a: &FanoutArgs) -> Report {
         "setup",
         json!({"rooms": a.rooms, "users_per_room": a.users, "senders_per_room": a.senders,
                "rate_per_sender": a.rate, "seconds": a.seconds, "edges": topo.urls().len(),
+               "edge_workers": a.topology.edge_workers,
                "senders": crate::pacing::label(a.synchronized)}),
     );
     rep.load(&r);

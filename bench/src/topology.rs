@@ -18,6 +18,10 @@ pub struct TopologyArgs {
     /// Extra flags for every edge started.
     #[arg(long, allow_hyphen_values = true, value_delimiter = ' ')]
     pub edge_args: Vec<String>,
+    /// Worker threads of each edge started (`TOKIO_WORKER_THREADS`); by default one per
+    /// CPU, as for a pod without a CPU limit.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub edge_workers: Option<u16>,
     /// `RUST_LOG` of the edges and the archiver started (quiet by default: logging costs
     /// CPU the figures would count).
     #[arg(long, default_value = "warn")]
@@ -88,14 +92,11 @@ impl Topology {
                 "5".into(),
             ];
             a.extend(args.edge_args.iter().filter(|s| !s.is_empty()).cloned());
-            edges.push(
-                Service::start(
-                    "natter-edge",
-                    &a,
-                    &[("RUST_LOG".into(), args.service_log.clone())],
-                )
-                .await,
-            );
+            let mut env = vec![("RUST_LOG".to_string(), args.service_log.clone())];
+            if let Some(n) = args.edge_workers {
+                env.push(("TOKIO_WORKER_THREADS".into(), n.to_string()));
+            }
+            edges.push(Service::start("natter-edge", &a, &env).await);
             all_args.push(a);
         }
         let (postgres, archiver) = if with_archive {

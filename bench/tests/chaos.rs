@@ -19,6 +19,7 @@ async fn chaos_loses_and_duplicates_nothing() {
             cluster: false,
             target: Vec::new(),
             edge_args: Vec::new(),
+            edge_workers: None,
             service_log: "warn".into(),
             keep_logs: None,
         },

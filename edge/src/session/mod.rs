@@ -50,14 +50,13 @@ pub async fn serve(
     permit: OwnedSemaphorePermit,
     upgrade_token: Option<String>,
 ) {
-    let uuid = uuid::Uuid::new_v4();
-    let id = uuid.simple().to_string();
-    let span = tracing::info_span!("session", session = %id);
+    let id = uuid::Uuid::new_v4();
+    let span = tracing::info_span!("session", session = %id.simple());
     let Some((tcp, leftover)) = transport::take_socket(ws) else {
         warn!(parent: &span, "upgraded connection without its TCP socket; dropped");
         return;
     };
-    Box::pin(run(node, tcp, leftover, (uuid, id), permit, upgrade_token))
+    Box::pin(run(node, tcp, leftover, id, permit, upgrade_token))
         .instrument(span)
         .await;
 }
@@ -80,7 +79,7 @@ async fn run(
     node: Arc<Node>,
     tcp: TcpStream,
     leftover: Bytes,
-    (uuid, id): (uuid::Uuid, String),
+    uuid: uuid::Uuid,
     _permit: OwnedSemaphorePermit,
     upgrade_token: Option<String>,
 ) {
@@ -89,6 +88,8 @@ async fn run(
     let socket = Socket::new(tcp, node.config.outbound_queue.max(1));
     let (signal_tx, signal_rx) = watch::channel(Signal::default());
     let outbox = Outbox::new(socket.clone(), signal_tx, uuid);
+    // The key of the session in the edge's registry and in presence.
+    let id = uuid.simple().to_string();
     node.sessions.insert(&id, outbox.clone());
     if node.is_draining() {
         outbox.drain();

@@ -26,6 +26,7 @@ pub mod procs;
 pub mod report;
 pub mod scan;
 pub mod scenarios;
+pub mod sio;
 pub mod stream_ceiling;
 pub mod topology;
 pub mod wsclient;

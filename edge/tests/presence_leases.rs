@@ -210,7 +210,9 @@ async fn await_holder(presence: &kv::Store, name: &str, want: Option<&str>) {
 
 #[tokio::test]
 async fn idle_sessions_write_nothing_to_presence() {
-    let s = stack(1, &["--presence-ttl-secs", "3"]).await;
+    // A TTL of 5 s is renewed every 1.7 s: the edge would have to stall for over 3 s on a
+    // busy machine before its own lease lapsed and its restore wrote to the bucket.
+    let s = stack(1, &["--presence-ttl-secs", "5"]).await;
     let mut clients = Vec::new();
     for name in ["Ann", "Bob", "Cid"] {
         clients.push(
@@ -231,7 +233,7 @@ async fn idle_sessions_write_nothing_to_presence() {
         .expect("lease")
         .revision;
     // Two TTLs: under per-session refreshes that was six writes per key.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
     let after = stream.info().await.expect("info").state.last_sequence;
     assert_eq!(before, after, "idle sessions wrote to the presence bucket");
     for name in ["Ann", "Bob", "Cid"] {
@@ -262,7 +264,8 @@ async fn a_dead_leases_names_are_freed_by_a_live_edge_and_announced() {
     // No periodic presence check in this test's lifetime: the sweep itself must announce.
     let s = stack(
         1,
-        &["--presence-ttl-secs", "3", "--presence-check-secs", "3600"],
+        // TTL 5 s, renewed every 1.7 s: the live edge's own lease survives a 3 s stall.
+        &["--presence-ttl-secs", "5", "--presence-check-secs", "3600"],
     )
     .await;
     let (_js, presence, leases) = buckets(&s.nats).await;

@@ -11,10 +11,17 @@ pub fn bearer_token(headers: &http::HeaderMap) -> Option<String> {
 
 /// The `token` parameter of a query string, percent-decoded.
 pub fn query_token(query: Option<&str>) -> Option<String> {
+    query_param(query, "token")
+}
+
+/// The first non-empty value of the query parameter `name`, percent-decoded
+/// (`application/x-www-form-urlencoded`: `+` is a space; an escape that is not valid UTF-8
+/// reads as U+FFFD).
+pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     form_urlencoded::parse(query?.as_bytes())
-        .find(|(k, _)| k == "token")
+        .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
-        .filter(|t| !t.is_empty())
+        .filter(|v| !v.is_empty())
 }
 
 #[cfg(test)]
@@ -55,5 +62,15 @@ mod tests {
             query_token(Some("token=a%2Eb%2Ec")).as_deref(),
             Some("a.b.c")
         );
+        assert_eq!(
+            query_param(Some("a=1&userName=Ann%20B"), "userName").as_deref(),
+            Some("Ann B")
+        );
+        assert_eq!(
+            query_param(Some("userName=A+B"), "userName").as_deref(),
+            Some("A B")
+        );
+        assert_eq!(query_param(Some("x=1"), "userName"), None);
+        assert_eq!(query_param(None, "userName"), None);
     }
 }

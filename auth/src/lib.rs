@@ -20,6 +20,6 @@ pub mod claims;
 pub mod verify;
 
 pub use args::{AuthArgs, AuthMode};
-pub use carry::{bearer_token, query_token};
+pub use carry::{bearer_token, query_param, query_token};
 pub use claims::Claims;
 pub use verify::{mint_hs256, AuthConfigError, AuthError, Verifier};

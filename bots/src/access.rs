@@ -64,7 +64,7 @@ impl Access {
                 "the token does not allow this room".into(),
             ));
         }
-        let name = query_param(query, "userName")
+        let name = natter_auth::query_param(query, "userName")
             .or_else(|| claims.name.clone())
             .ok_or_else(|| {
                 ApiError::Forbidden(
@@ -92,57 +92,5 @@ impl Access {
             ));
         }
         Ok(())
-    }
-}
-
-/// A query parameter's value, percent-decoded.
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    query?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (k == name).then(|| percent_decode(v)).flatten()
-    })
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_params() {
-        assert_eq!(
-            query_param(Some("a=1&userName=Ann%20B"), "userName").as_deref(),
-            Some("Ann B")
-        );
-        assert_eq!(
-            query_param(Some("userName=A+B"), "userName").as_deref(),
-            Some("A B")
-        );
-        assert_eq!(query_param(Some("x=1"), "userName"), None);
-        assert_eq!(query_param(None, "userName"), None);
-        assert_eq!(query_param(Some("userName=%zz"), "userName"), None);
     }
 }

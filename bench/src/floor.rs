@@ -194,6 +194,12 @@ impl Floor {
     pub fn fraction(&self, deliveries_per_s: f64) -> f64 {
         round(deliveries_per_s / self.single.frames_per_s.max(1.0), 3)
     }
+
+    /// `cpu_us` (per delivery) as a multiple of the one-frame-per-write floor's CPU per
+    /// frame, writer and reader together.
+    pub fn cpu_multiple(&self, cpu_us: f64) -> f64 {
+        round(cpu_us / self.single.cpu_us_per_frame.max(1e-9), 2)
+    }
 }
 
 /// `natter-bench floor`.

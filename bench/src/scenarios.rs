@@ -170,6 +170,20 @@ pub async fn fanout(name: &str, a: &FanoutArgs) -> Report {
         let per_s = r.delivered as f64 / r.elapsed.as_secs_f64().max(1e-9);
         rep.set("loopback_floor", f.summary());
         rep.set("deliveries_per_s_of_floor", f.fraction(per_s));
+        // The edges' CPU per delivery against what one frame costs the floor (its writer
+        // and reader together, one frame per write), so it reads the same on a fast or slow
+        // machine.
+        let edges_us: f64 = cpu
+            .iter()
+            .filter(|(n, _)| n.starts_with("edge-"))
+            .map(|(_, s)| s * 1e6 / r.delivered.max(1) as f64)
+            .sum();
+        if edges_us > 0.0 {
+            rep.set(
+                "edges_cpu_per_delivery_of_floor_frame",
+                f.cpu_multiple(edges_us),
+            );
+        }
     }
     rep
 }

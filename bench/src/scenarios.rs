@@ -156,16 +156,19 @@ pub async fn fanout(name: &str, a: &FanoutArgs) -> Report {
     );
     drop(held);
     // CPU µs per delivery received, per process.
-    if let Some(Value::Object(cpu)) = rep.figures.get("cpu_seconds").cloned() {
-        let per: serde_json::Map<String, Value> = cpu
-            .iter()
-            .map(|(k, v)| {
-                let us = v.as_f64().unwrap_or(0.0) * 1e6 / r.delivered.max(1) as f64;
-                (k.clone(), json!(round(us, 2)))
-            })
-            .collect();
-        rep.set("cpu_us_per_delivery", Value::Object(per));
-    }
+    let per_delivery: Vec<(&str, f64)> = cpu
+        .iter()
+        .map(|(n, s)| (n.as_str(), s * 1e6 / r.delivered.max(1) as f64))
+        .collect();
+    rep.set(
+        "cpu_us_per_delivery",
+        Value::Object(
+            per_delivery
+                .iter()
+                .map(|(n, us)| (n.to_string(), json!(round(*us, 2))))
+                .collect(),
+        ),
+    );
     if let Some(f) = floor {
         let per_s = r.delivered as f64 / r.elapsed.as_secs_f64().max(1e-9);
         rep.set("loopback_floor", f.summary());
@@ -173,10 +176,10 @@ pub async fn fanout(name: &str, a: &FanoutArgs) -> Report {
         // The edges' CPU per delivery against what one frame costs the floor (its writer
         // and reader together, one frame per write), so it reads the same on a fast or slow
         // machine.
-        let edges_us: f64 = cpu
+        let edges_us: f64 = per_delivery
             .iter()
             .filter(|(n, _)| n.starts_with("edge-"))
-            .map(|(_, s)| s * 1e6 / r.delivered.max(1) as f64)
+            .map(|(_, us)| us)
             .sum();
         if edges_us > 0.0 {
             rep.set(

@@ -72,8 +72,18 @@ async fn only_members_of_the_room_manage_its_bots() {
     let unnamed = token("u-ann", None, None);
     let (status, body) = put(Some(unnamed.clone()), "").await;
     assert_eq!(status, 403, "which name? {body}");
-    let (status, body) = put(Some(unnamed), "?userName=Ann").await;
-    assert_eq!(status, 200, "a member replaces: {body}");
+    let (status, body) = put(Some(unnamed.clone()), "?userName=").await;
+    assert_eq!(status, 403, "an empty name is no name: {body}");
+    let (status, body) = put(Some(unnamed), "?userName=An%6E").await;
+    assert_eq!(
+        status, 200,
+        "a member replaces (the name percent-encoded): {body}"
+    );
+    let (status, body) = put(Some(ann.clone()), "?userName=").await;
+    assert_eq!(
+        status, 200,
+        "an empty userName falls back to the token's name: {body}"
+    );
     // Someone else claiming Ann's name, a token for other rooms: refused.
     let (status, _) = put(Some(token("u-eve", None, None)), "?userName=Ann").await;
     assert_eq!(status, 403);

@@ -14,9 +14,9 @@ pub fn query_token(query: Option<&str>) -> Option<String> {
     query_param(query, "token")
 }
 
-/// The first non-empty value of the query parameter `name`, percent-decoded
+/// The value of the first query parameter called `name`, percent-decoded
 /// (`application/x-www-form-urlencoded`: `+` is a space; an escape that is not valid UTF-8
-/// reads as U+FFFD).
+/// reads as U+FFFD); `None` when there is none or its value is empty.
 pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     form_urlencoded::parse(query?.as_bytes())
         .find(|(k, _)| k == name)
@@ -72,5 +72,10 @@ mod tests {
         );
         assert_eq!(query_param(Some("x=1"), "userName"), None);
         assert_eq!(query_param(None, "userName"), None);
+        // Only the first occurrence counts, even when it is empty.
+        assert_eq!(
+            query_param(Some("userName=&userName=Ann"), "userName"),
+            None
+        );
     }
 }
